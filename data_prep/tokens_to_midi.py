@@ -1,0 +1,148 @@
+"""REMIGEN2/REMIGEN tokens -> MIDI (spec §1.7): the only code that builds a `MidiFile`; never crashes on garbage."""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import miditoolkit
+
+from .config import TokenizerConfig
+from .constants import DECODE_TICKS_PER_BEAT, DEFAULT_BPM, DEFAULT_TS, DRUM_INSTRUMENT, NUM_PITCHES
+from .vocab import bar_length, family_ranges, id_to_duration, id_to_tempo, id_to_ts, id_to_velocity, parse_token
+
+SPECIAL_TOKENS = frozenset({"<s>", "<pad>", "</s>", "<unk>"})
+
+
+@dataclass
+class DecodeResult:
+    midi: miditoolkit.MidiFile
+    skipped: Counter = field(default_factory=Counter)  # reason -> number of tokens skipped
+    num_notes: int = 0
+
+
+def decode_ticks_per_beat(positions_per_beat: int) -> int:
+    """480 (as the original) when P divides it, else a multiple of P, so every grid position is a whole tick;
+    at least 4 ticks per position so that a 0-length note can be written shorter than half a position."""
+    tpb = math.lcm(DECODE_TICKS_PER_BEAT, positions_per_beat)
+    while tpb // positions_per_beat < 4:
+        tpb *= 2
+    return tpb
+
+
+def decode_tokens(
+    tokens: list[str] | str, cfg: TokenizerConfig = TokenizerConfig(), strict: bool = False
+) -> DecodeResult:
+    """Token strings (a list, or one space-separated string) -> `DecodeResult`.
+
+    Malformed groups are skipped and counted in `.skipped` by reason (a `d-` without its `p-`, unknown tokens,
+    out-of-range values, ...); with strict=True the first problem raises ValueError instead.
+
+    Differences from the original decoder: `d-0` (a note shorter than half a grid step) becomes a quarter-step
+    note instead of a whole step, so that re-encoding gives `d-0` again; ticks per beat are 480 unless P does
+    not divide 480.
+    """
+    if isinstance(tokens, str):
+        tokens = tokens.split()
+    P = cfg.positions_per_beat
+    tpb = decode_ticks_per_beat(P)
+    ticks_per_pos = tpb // P
+    ranges = family_ranges(TokenizerConfig(positions_per_beat=P))  # accept any instrument / TS id on decode
+    valid = {fam: set(r) for fam, r in ranges.items()}
+    valid["b"] = {0, 1}  # b-0 is in the original dictionaries; treat it as a bar end too
+
+    skipped: Counter = Counter()
+    midi = miditoolkit.MidiFile(ticks_per_beat=tpb)
+    tracks: dict[int, miditoolkit.Instrument] = {}
+    ts = DEFAULT_TS
+    bar_start = 0
+    onset = 0
+    inst = 0  # default program 0 until an i- token
+    tempo_id: int | None = None
+    ts_written: tuple[int, int] | None = None
+    pitch: int | None = None  # pending p-
+    dur: int | None = None  # pending d- (in positions)
+    note_pitch = 0  # pitch of the pending d-
+    num_notes = 0
+
+    def problem(reason: str, j: int, tok: str) -> None:
+        if strict:
+            raise ValueError(f"token {j} ({tok!r}): {reason.replace('_', ' ')}.")
+        skipped[reason] += 1
+
+    for j, tok in enumerate(tokens):
+        parsed = parse_token(tok)
+        fam, val = parsed if parsed else (None, None)
+        # a pending p-/d- that is not followed by its d-/v- is an incomplete note
+        if pitch is not None and fam != "d":
+            problem("pitch_without_duration", j, tok)
+            pitch = None
+        if dur is not None and fam != "v":
+            problem("duration_without_velocity", j, tok)
+            dur = None
+        if tok in SPECIAL_TOKENS:
+            problem("special_token", j, tok)
+            continue
+        if fam not in valid:
+            problem("unknown_token", j, tok)
+            continue
+        if val not in valid[fam]:
+            problem("value_out_of_range", j, tok)
+            continue
+        if fam == "b":
+            bar_start += bar_length(ts, P)
+            onset = bar_start
+        elif fam == "s":
+            ts = id_to_ts(val)
+            if ts != ts_written:
+                midi.time_signature_changes.append(miditoolkit.TimeSignature(ts[0], ts[1], bar_start * ticks_per_pos))
+                ts_written = ts
+        elif fam == "o":
+            if val >= bar_length(ts, P):
+                problem("onset_beyond_bar", j, tok)
+                continue
+            onset = bar_start + val
+        elif fam == "t":
+            if val != tempo_id:
+                midi.tempo_changes.append(miditoolkit.TempoChange(id_to_tempo(val), onset * ticks_per_pos))
+                tempo_id = val
+        elif fam == "i":
+            inst = val
+        elif fam == "p":
+            if (val >= NUM_PITCHES) != (inst == DRUM_INSTRUMENT):
+                problem("pitch_instrument_mismatch", j, tok)
+                continue
+            pitch = val % NUM_PITCHES
+        elif fam == "d":
+            if pitch is None:
+                problem("duration_without_pitch", j, tok)
+                continue
+            dur = id_to_duration(val, P)
+            note_pitch, pitch = pitch, None
+        elif fam == "v":
+            if dur is None:
+                problem("velocity_without_duration", j, tok)
+                continue
+            start_tick = onset * ticks_per_pos
+            end_tick = start_tick + (dur * ticks_per_pos if dur > 0 else ticks_per_pos // 4)
+            track = tracks.get(inst)
+            if track is None:
+                is_drum = inst == DRUM_INSTRUMENT
+                track = miditoolkit.Instrument(program=0 if is_drum else inst, is_drum=is_drum)
+                tracks[inst] = track
+            track.notes.append(miditoolkit.Note(id_to_velocity(val), note_pitch, start_tick, end_tick))
+            num_notes += 1
+            dur = None
+    if pitch is not None:
+        problem("pitch_without_duration", len(tokens), "<end>")
+    if dur is not None:
+        problem("duration_without_velocity", len(tokens), "<end>")
+
+    if not midi.tempo_changes or midi.tempo_changes[0].time > 0:
+        midi.tempo_changes.insert(0, miditoolkit.TempoChange(DEFAULT_BPM, 0))
+    if not midi.time_signature_changes or midi.time_signature_changes[0].time > 0:
+        midi.time_signature_changes.insert(0, miditoolkit.TimeSignature(DEFAULT_TS[0], DEFAULT_TS[1], 0))
+    midi.instruments = [tracks[k] for k in sorted(tracks)]
+    ends = [n.end for t in midi.instruments for n in t.notes]
+    midi.max_tick = max(ends) if ends else 0
+    return DecodeResult(midi, skipped, num_notes)
