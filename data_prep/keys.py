@@ -11,31 +11,33 @@ MINOR_STEPS = (0, 2, 3, 5, 7, 8, 10)  # natural minor
 
 def key_profile() -> np.ndarray:
     """24 x 12 matrix of +-1 scale membership: rows 0-11 major on C..B, rows 12-23 natural minor on C..B."""
-    prof = -np.ones((24, 12), dtype=np.float64)
+    prof = -np.ones((24, 12), dtype=np.int64)
     for tonic in range(12):
         for step in MAJOR_STEPS:
-            prof[tonic, (tonic + step) % 12] = 1.0
+            prof[tonic, (tonic + step) % 12] = 1
         for step in MINOR_STEPS:
-            prof[12 + tonic, (tonic + step) % 12] = 1.0
+            prof[12 + tonic, (tonic + step) % 12] = 1
     return prof
 
 
-_PROFILE = key_profile()
+_PROFILE = key_profile().astype(np.int64)
 
 
-def pitch_class_histogram(pitches: Sequence[int], weights: Sequence[float] | None = None) -> np.ndarray:
-    """Normalised pitch-class histogram (sums to 1; all zeros for no notes), as numpy's density histogram."""
+def pitch_class_histogram(pitches: Sequence[int], weights: Sequence[int] | None = None) -> np.ndarray:
+    """Pitch-class histogram as exact integers (note counts, or summed integer weights)."""
     pcs = np.asarray(pitches, dtype=np.int64) % 12
-    w = None if weights is None else np.asarray(weights, dtype=np.float64)
-    hist = np.bincount(pcs, weights=w, minlength=12).astype(np.float64)
-    total = hist.sum()
-    return hist / total if total > 0 else hist
+    hist = np.zeros(12, dtype=np.int64)
+    np.add.at(hist, pcs, 1 if weights is None else np.asarray(weights, dtype=np.int64))
+    return hist
 
 
-def detect_key(pitches: Sequence[int], weights: Sequence[float] | None = None) -> int:
+def detect_key(pitches: Sequence[int], weights: Sequence[int] | None = None) -> int:
     """Key index 0-11 (major on C..B) or 12-23 (minor on C..B), chosen as the original does: the first two
     arg-max keys of the profile score are taken as (major, minor) -- relative keys always tie -- and the minor
-    one wins only if its tonic pitch class weighs strictly more than the major tonic."""
+    one wins only if its tonic pitch class weighs strictly more than the major tonic.
+
+    The original normalises the histogram to floats first; we score exact integers instead (same arg-max up to
+    float rounding, but ties are real ties on every platform)."""
     hist = pitch_class_histogram(pitches, weights)
     scores = _PROFILE @ hist
     best = np.flatnonzero(scores == scores.max())
@@ -67,7 +69,8 @@ def normalization_shift(
     """Transposition (semitones) for the non-drum notes given, 0 when there are none.
 
     weighting="count" reproduces the original (its unweighted pass is the one that decides); "duration_velocity"
-    weights each note by max(duration, 1 position) x velocity.
+    weights each note by max(duration, 1 position) x velocity. Callers pass *quantised* durations and velocities
+    (bin lower edges), so that a decoded file gives the same weights and normalisation is idempotent.
     """
     if len(pitches) == 0:
         return 0

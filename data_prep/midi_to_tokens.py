@@ -14,7 +14,17 @@ from .errors import MidiEncodeError
 from .instruments import instrument_id, instrument_sort_key
 from .keys import normalization_shift
 from .midi_io import read_midi
-from .vocab import bar_length, duration_to_id, pitch_to_id, reduce_time_signature, tempo_to_id, ts_to_id, velocity_to_id
+from .vocab import (
+    bar_length,
+    duration_to_id,
+    id_to_duration,
+    id_to_velocity,
+    pitch_to_id,
+    reduce_time_signature,
+    tempo_to_id,
+    ts_to_id,
+    velocity_to_id,
+)
 
 
 @dataclass(frozen=True)
@@ -77,7 +87,10 @@ def quantize(midi: miditoolkit.MidiFile, cfg: TokenizerConfig, name: str = "<Mid
     if cfg.normalize_pitch:
         pitched = [r for r in raw if r[1] != DRUM_INSTRUMENT]
         shift = normalization_shift(
-            [r[2] for r in pitched], [r[3] for r in pitched], [r[4] for r in pitched], cfg.pitch_weighting
+            [r[2] for r in pitched],
+            [id_to_duration(duration_to_id(r[3], P), P) for r in pitched],
+            [id_to_velocity(velocity_to_id(r[4])) for r in pitched],
+            cfg.pitch_weighting,
         )
         if shift:
             raw = [(o, i, p + shift if i != DRUM_INSTRUMENT else p, d, v) for (o, i, p, d, v) in raw]
