@@ -1,0 +1,275 @@
+"""Museformer language model: embeddings, decoder layer, incremental decoder, ``museformer_lm`` model and archs.
+
+Reads in build order (spec §2.2, §3): sinusoid → MuseformerDecoderLayer (pre-LN FC-Attention + FFN, shared by the
+regular and the summary stream) → MuseformerDecoder → MuseformerLanguageModel → named sizes.
+
+Batch-first throughout: fairseq hands ``prev_output_tokens`` as (B, T) and expects logits (B, T, V), so no transpose
+is needed at the boundary.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.models import FairseqIncrementalDecoder, FairseqLanguageModel, register_model, register_model_architecture
+from omegaconf import II
+from torch import nn
+
+from .attention import FineCoarseAttention
+from .bar_layout import SCHEME_PRESETS, BarLayout, BarScheme, build_beat_lut, compute_bar_ids, compute_beat_ids
+from .task import bar_index
+
+ATTENTION_IMPL_CHOICES = ChoiceEnum(["dense", "sparse"])
+ATTENTION_SCHEME_CHOICES = ChoiceEnum(sorted(SCHEME_PRESETS))
+
+
+@dataclass
+class MuseformerModelConfig(FairseqDataclass):
+    # Defaults = the paper's model (spec §4.1, arch museformer_lm): 4 layers, 512 hidden, 8 heads, FFN 2048.
+    decoder_layers: int = field(default=4, metadata={"help": "number of Museformer decoder layers"})
+    decoder_embed_dim: int = field(default=512, metadata={"help": "hidden size d of both streams"})
+    decoder_ffn_embed_dim: int = field(default=2048, metadata={"help": "inner size of the feed-forward block"})
+    decoder_attention_heads: int = field(default=8, metadata={"help": "attention heads (head dim = d / heads)"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout on embeddings and on each residual branch"})
+    attention_dropout: float = field(default=0.1, metadata={"help": "dropout on the attention probabilities"})
+    bar_embed_dim: int = field(
+        default=256, metadata={"help": "size of the sinusoidal bar-index embedding concatenated to the input (§3)"}
+    )
+    beat_embed_dim: int = field(
+        default=128, metadata={"help": "size of the sinusoidal beat (onset) embedding concatenated to the input (§3)"}
+    )
+    attention_impl: ATTENTION_IMPL_CHOICES = field(
+        default="sparse",
+        metadata={"help": "FC-Attention implementation: 'sparse' (block-sparse gather, fast, trains on CPU and "
+                  "GPU) or 'dense' (full boolean mask, O(T^2) memory; the reference)"},
+    )
+    attention_scheme: ATTENTION_SCHEME_CHOICES = field(
+        default="museformer",
+        metadata={"help": "bar selection preset: 'museformer' (fine = previous 1,2,4,8,12,16,24,32 bars, coarse "
+                  "summaries of all others), 'full' (plain causal attention), 'recent8' (fine = previous 8 bars), "
+                  "'no-coarse' (museformer's fine bars, no summaries)"},
+    )
+    con2con: Optional[str] = field(
+        default=None,
+        metadata={"help": "fine-grained bars in the original's nested-tuple syntax, e.g. "
+                  "'((((-2,0),-4,-8,-12,-16,-24,-32),),)'; overrides the preset's fine part"},
+    )
+    con2sum: Optional[str] = field(
+        default=None,
+        metadata={"help": "coarse-grained bars (seen through their summaries) in the original's nested-tuple "
+                  "syntax, e.g. '((((None,-32),(-31,-24),(-23,-16),(-15,-12),(-11,-8),(-7,-4),-3),),)'; "
+                  "'None' = no summaries; overrides the preset's coarse part"},
+    )
+    block_size: int = field(
+        default=64, metadata={"help": "block size in tokens of the sparse attention implementation"}
+    )
+    beat_mask_ts: bool = field(
+        default=II("task.beat_mask_ts"),
+        metadata={"help": "beat-id rule used when beat ids are derived from tokens (inference); copied from the "
+                  "task's --beat-mask-ts and stored in the checkpoint"},
+    )
+    max_target_positions: Optional[int] = II("task.tokens_per_sample")
+
+
+def sinusoid(ids: torch.Tensor, dim: int) -> torch.Tensor:
+    """fairseq-style sinusoidal embedding of integer ``ids`` (...,) → (..., dim): [sin | cos], id ≤ 0 → zeros.
+
+    Same values as a table ``emb[i] = [sin(i·f), cos(i·f)]``, f_k = exp(-k·ln(10000)/(half-1)), with a zero row 0
+    (the original's TaoEmbedding, spec §3); computed directly, so it never runs out of rows.
+    """
+    half = dim // 2
+    freq = torch.exp(torch.arange(half, dtype=torch.float, device=ids.device) * -(math.log(10000.0) / max(half - 1, 1)))
+    angles = ids.clamp(min=0).float()[..., None] * freq  # (..., half)
+    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+    if dim % 2 == 1:
+        emb = F.pad(emb, (0, 1))
+    return emb.masked_fill((ids <= 0)[..., None], 0.0)
+
+
+class MuseformerDecoderLayer(nn.Module):
+    """Pre-LN layer applied to both streams (spec §2.2): x += Drop(FCAttn(LN1(x))); x += Drop(FFN(LN2(x))).
+
+    LN1, LN2 and the FFN (Linear → GELU → Linear, no activation dropout) are shared by the two streams.
+    """
+
+    def __init__(self, cfg: MuseformerModelConfig):
+        super().__init__()
+        d = cfg.decoder_embed_dim
+        self.attn_norm = nn.LayerNorm(d)
+        self.self_attn = FineCoarseAttention(
+            d, cfg.decoder_attention_heads, attention_dropout=cfg.attention_dropout,
+            impl=cfg.attention_impl, block_size=cfg.block_size,
+        )
+        self.ffn_norm = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, cfg.decoder_ffn_embed_dim)
+        self.fc2 = nn.Linear(cfg.decoder_ffn_embed_dim, d)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.dropout(self.fc2(F.gelu(self.fc1(self.ffn_norm(x)))))
+
+    def forward(self, x_reg: torch.Tensor, x_sum: torch.Tensor, layout: BarLayout, scheme: BarScheme):
+        """x_reg (B, T, C), x_sum (B, S, C) → same shapes (residual stream of each)."""
+        a_reg, a_sum = self.self_attn(self.attn_norm(x_reg), self.attn_norm(x_sum), layout, scheme)
+        x_reg = x_reg + self.dropout(a_reg)
+        x_sum = x_sum + self.dropout(a_sum)
+        return self._ffn(x_reg), self._ffn(x_sum)
+
+
+class MuseformerDecoder(FairseqIncrementalDecoder):
+    """Embeddings (spec §3) → layers → final LN → untied output projection. Summaries produce no output."""
+
+    def __init__(self, cfg: MuseformerModelConfig, dictionary, bar_token: int):
+        super().__init__(dictionary)
+        d = cfg.decoder_embed_dim
+        self.cfg = cfg
+        self.embed_dim = d
+        self.bar_token = bar_token
+        self.pad = dictionary.pad()
+        self.bar_embed_dim = cfg.bar_embed_dim
+        self.beat_embed_dim = cfg.beat_embed_dim
+        self.embed_scale = math.sqrt(d)
+        self.scheme = BarScheme.from_args(cfg.attention_scheme, cfg.con2con, cfg.con2sum)
+        # Beat LUT over the task dictionary, for inputs that come without beat ids (inference). Not a parameter and
+        # not saved: it is rebuilt from dict.txt, so it always matches the dictionary in use.
+        if not isinstance(cfg.beat_mask_ts, bool):
+            raise ValueError(f"beat_mask_ts must be a bool (normally copied from the task), got {cfg.beat_mask_ts!r}")
+        self.register_buffer(
+            "beat_lut", build_beat_lut(dictionary.symbols, dictionary.nspecial, cfg.beat_mask_ts), persistent=False
+        )
+
+        # Regular stream input: concat[tokEmb·√d, barSin(bar id), beatSin(beat id)] → Linear → d (spec §3).
+        # nn.Embedding keeps its default N(0, 1) init and a zero pad row, as in the original.
+        self.embed_tokens = nn.Embedding(len(dictionary), d, padding_idx=self.pad)
+        self.input_proj = nn.Linear(d + cfg.bar_embed_dim + cfg.beat_embed_dim, d)
+        # Summary stream input: concat[sumEmb(1)·√d, barSin(bar index)] → its own Linear → d. Row 0 is padding;
+        # with one summary token per bar (K = 1) every summary uses id 1.
+        self.embed_summary = nn.Embedding(2, d, padding_idx=0)
+        self.summary_proj = nn.Linear(d + cfg.bar_embed_dim, d)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+        self.layers = nn.ModuleList([MuseformerDecoderLayer(cfg) for _ in range(cfg.decoder_layers)])
+        self.final_norm = nn.LayerNorm(d)
+        self.output_projection = nn.Linear(d, len(dictionary), bias=False)  # not tied to embed_tokens
+        nn.init.normal_(self.output_projection.weight, mean=0.0, std=d ** -0.5)
+
+    def layout_ids(self, src_tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Bar ids and beat ids (B, T) of ``src_tokens`` (B, T) = [</s>] + tokens (right-padded).
+
+        The same ``bar_layout`` functions the dataset uses, so training and inference see identical ids.
+        """
+        bar_ids, _ = compute_bar_ids(src_tokens, self.bar_token, self.pad)
+        return bar_ids, compute_beat_ids(src_tokens, self.beat_lut)
+
+    def build_layout(self, src_tokens: torch.Tensor, bar_ids: torch.Tensor) -> BarLayout:
+        """BarLayout for a batch: complete bars = ``b-1`` tokens after the prefix (each closes one bar)."""
+        num_complete = (src_tokens.eq(self.bar_token) & bar_ids.gt(0)).sum(dim=1)
+        return BarLayout(bar_ids, num_complete)
+
+    def forward(
+        self,
+        prev_output_tokens: torch.Tensor,
+        encoder_out=None,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[torch.Tensor]]]] = None,
+        features_only: bool = False,
+        src_lengths: Optional[torch.Tensor] = None,
+        bar_ids: Optional[torch.Tensor] = None,
+        beat_ids: Optional[torch.Tensor] = None,
+        **kwargs,
+    ):
+        """prev_output_tokens (B, T) = [</s>] + tokens, right-padded with pad.
+
+        bar_ids / beat_ids (B, T): from the dataset (training, validation); derived from the tokens when None.
+        incremental_state: fairseq generation. For now the whole prefix is recomputed at every step (correct but
+        O(T) per step) and only the last position is returned; a KV cache can replace this without changing the
+        signature.
+        Returns (logits (B, T, V) — (B, 1, V) with incremental_state — , {"attn": [None], "inner_states": [...]}).
+        """
+        x, extra = self.extract_features(prev_output_tokens, bar_ids=bar_ids, beat_ids=beat_ids)
+        if incremental_state is not None:
+            x = x[:, -1:]
+        if not features_only:
+            x = self.output_layer(x)
+        return x, extra
+
+    def extract_features(self, prev_output_tokens, encoder_out=None, incremental_state=None,
+                         bar_ids=None, beat_ids=None, **kwargs):
+        """Final-LN features of the regular stream (B, T, C) and ``{"attn": [None], "inner_states": [...]}``."""
+        src_tokens = prev_output_tokens
+        B, T = src_tokens.shape
+        if bar_ids is None or beat_ids is None:
+            derived_bar, derived_beat = self.layout_ids(src_tokens)
+            bar_ids = derived_bar if bar_ids is None else bar_ids
+            beat_ids = derived_beat if beat_ids is None else beat_ids
+        assert bar_ids.shape == (B, T) and beat_ids.shape == (B, T), (
+            f"bar_ids {tuple(bar_ids.shape)} / beat_ids {tuple(beat_ids.shape)} must match tokens {(B, T)}")
+        layout = self.build_layout(src_tokens, bar_ids)
+
+        # Regular stream (spec §3): (B, T, d + bar + beat) → (B, T, d)
+        x_reg = torch.cat([
+            self.embed_tokens(src_tokens) * self.embed_scale,
+            sinusoid(bar_ids, self.bar_embed_dim),
+            sinusoid(beat_ids, self.beat_embed_dim),
+        ], dim=-1)
+        x_reg = self.dropout(self.input_proj(x_reg))
+
+        # Summary stream: slot j belongs to bar j + 1; slots past a sample's complete bars are masked by attention.
+        S = layout.num_summary_slots
+        slot_bar = torch.arange(1, S + 1, device=src_tokens.device)  # (S,)
+        x_sum = torch.cat([
+            self.embed_summary(torch.ones_like(slot_bar)) * self.embed_scale,
+            sinusoid(slot_bar, self.bar_embed_dim),
+        ], dim=-1)  # (S, d + bar)
+        x_sum = self.dropout(self.summary_proj(x_sum)).unsqueeze(0).expand(B, S, self.embed_dim)  # (B, S, d)
+
+        inner_states = [x_reg]
+        for layer in self.layers:
+            x_reg, x_sum = layer(x_reg, x_sum, layout, self.scheme)
+            inner_states.append(x_reg)
+        return self.final_norm(x_reg), {"attn": [None], "inner_states": inner_states}
+
+    def output_layer(self, features: torch.Tensor) -> torch.Tensor:
+        return self.output_projection(features)  # (B, T, V)
+
+    def max_positions(self) -> int:
+        return self.cfg.max_target_positions or 100000
+
+    def reorder_incremental_state(self, incremental_state, new_order):
+        pass  # nothing is cached yet (the whole prefix is recomputed at every step)
+
+
+@register_model("museformer_lm", dataclass=MuseformerModelConfig)
+class MuseformerLanguageModel(FairseqLanguageModel):
+    """Museformer (Yu et al., NeurIPS 2022): FC-Attention over bars, one song per sample."""
+
+    @classmethod
+    def build_model(cls, cfg: MuseformerModelConfig, task):
+        dictionary = task.target_dictionary
+        return cls(MuseformerDecoder(cfg, dictionary, bar_index(dictionary)))
+
+
+# Named sizes. register_model already made the arch "museformer_lm" (= the dataclass defaults, the paper's model).
+# Arch functions only fill in sizes the user did not give on the command line.
+def _default(cfg, name: str, value) -> None:
+    if getattr(cfg, name, None) is None:
+        setattr(cfg, name, value)
+
+
+@register_model_architecture("museformer_lm", "museformer_lm_base")
+def museformer_lm_base(cfg):
+    """The paper's size (spec §4.1), same as --arch museformer_lm."""
+    for name, value in (("decoder_layers", 4), ("decoder_embed_dim", 512), ("decoder_ffn_embed_dim", 2048),
+                        ("decoder_attention_heads", 8)):
+        _default(cfg, name, value)
+
+
+@register_model_architecture("museformer_lm", "museformer_lm_tiny")
+def museformer_lm_tiny(cfg):
+    """For smoke tests and CPU demos: 2 layers, 64 hidden, 4 heads, FFN 128."""
+    for name, value in (("decoder_layers", 2), ("decoder_embed_dim", 64), ("decoder_ffn_embed_dim", 128),
+                        ("decoder_attention_heads", 4)):
+        _default(cfg, name, value)

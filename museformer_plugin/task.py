@@ -1,0 +1,193 @@
+"""The ``museformer_lm`` fairseq task: loads dict.txt and the binarised splits, one song per sample.
+
+    fairseq-train data-bin/lmd6remi --user-dir museformer_plugin --task museformer_lm --arch museformer_lm \\
+        --truncate-train 15360 --truncate-valid 10240 --batch-size 1 ...
+    fairseq-validate data-bin/lmd6remi --user-dir museformer_plugin --task museformer_lm --path ckpt.pt \\
+        --valid-subset test --truncate-test 1024
+    fairseq-eval-lm data-bin/lmd6remi --user-dir museformer_plugin --task museformer_lm --path ckpt.pt \\
+        --gen-subset test --truncate-test 1024
+
+Dataset chain (spec §5 step 4): indexed dataset (``tokens + [</s>]`` per line) → ``MuseformerDataset`` (drop empty
+songs, BOS-shifted source / target, truncation, cached bar and beat ids, padded collate).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from fairseq import utils
+from fairseq.data import Dictionary, IdDataset, NestedDictionaryDataset, NumelDataset, PadDataset, data_utils
+from fairseq.data.indexed_dataset import get_available_dataset_impl
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.tasks import FairseqTask, register_task
+from omegaconf import II
+
+from .bar_layout import build_beat_lut
+from .dataset import MuseformerDataset
+
+logger = logging.getLogger(__name__)
+
+BAR_SYMBOL = "b-1"  # REMIGEN end-of-bar token (spec §1.1); its index is looked up in dict.txt, never hard-coded
+
+
+@dataclass
+class MuseformerLMConfig(FairseqDataclass):
+    data: Optional[str] = field(
+        default=None, metadata={"help": "data directory holding dict.txt and {split}.bin/.idx from museformer-prep"}
+    )
+    tokens_per_sample: int = field(
+        default=100000,
+        metadata={
+            "help": "longest sample in tokens (also the model's max positions). The default 100000 filters nothing "
+            "out, as in the original; use --truncate-* to shorten songs"
+        },
+    )
+    truncate_train: Optional[int] = field(
+        default=None,
+        metadata={"help": "keep only the first N tokens of each training song (paper: 15360); default: whole song"},
+    )
+    truncate_valid: Optional[int] = field(
+        default=None,
+        metadata={"help": "keep only the first N tokens of each validation song (paper: 10240); default: whole song"},
+    )
+    truncate_test: Optional[int] = field(
+        default=None,
+        metadata={"help": "keep only the first N tokens of each test song (paper PPL: 1024/5120/10240); "
+                  "default: whole song"},
+    )
+    beat_mask_ts: bool = field(
+        default=False,
+        metadata={
+            "help": "beat ids: give the time-signature token s-* beat id 0 instead of the tempo token t-* "
+            "(for REMIGEN / general-use data, where t-* follows each onset; spec §3)"
+        },
+    )
+    seed: int = II("common.seed")
+    dataset_impl: Optional[ChoiceEnum(get_available_dataset_impl())] = II("dataset.dataset_impl")
+
+
+@register_task("museformer_lm", dataclass=MuseformerLMConfig)
+class MuseformerLMTask(FairseqTask):
+    """Language modelling of whole songs (one per sample) with Museformer's bar layout."""
+
+    def __init__(self, cfg: MuseformerLMConfig, dictionary: Dictionary):
+        super().__init__(cfg)
+        self.dictionary = dictionary
+        self.bar_token = bar_index(dictionary, cfg.data)
+        self.beat_lut = build_beat_lut(dictionary.symbols, dictionary.nspecial, cfg.beat_mask_ts)
+
+    @classmethod
+    def setup_task(cls, cfg: MuseformerLMConfig, **kwargs):
+        if not cfg.data:
+            raise ValueError("museformer_lm needs a data directory (the first positional argument)")
+        data_path = utils.split_paths(cfg.data)[0]
+        dict_path = os.path.join(data_path, "dict.txt")
+        if not os.path.isfile(dict_path):
+            raise FileNotFoundError(f"no dict.txt in data directory {data_path!r}; build it with `museformer-prep all`")
+        dictionary = Dictionary.load(dict_path)
+        logger.info("dictionary: %d types", len(dictionary))
+        return cls(cfg, dictionary)
+
+    def _truncation(self, split: str) -> Optional[int]:
+        """--truncate-{train,valid,test} by split name prefix (valid1, test_long, ... included)."""
+        for prefix in ("train", "valid", "test"):
+            if split.startswith(prefix):
+                return getattr(self.cfg, f"truncate_{prefix}")
+        return None
+
+    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
+        """Load ``split`` ({split}.bin/.idx) from the data directory into ``self.datasets[split]``."""
+        paths = utils.split_paths(self.cfg.data)
+        data_path = paths[(epoch - 1) % len(paths)]
+        split_path = os.path.join(data_path, split)
+        raw = data_utils.load_indexed_dataset(split_path, self.dictionary, self.cfg.dataset_impl, combine=combine)
+        if raw is None:
+            raise FileNotFoundError(
+                f"Dataset not found: split {split!r} ({split_path}.bin/.idx); binarise it with `museformer-prep`"
+            )
+        dataset = MuseformerDataset(
+            raw,
+            raw.sizes,
+            self.dictionary,
+            bar_token=self.bar_token,
+            beat_lut=self.beat_lut,
+            truncate=self._truncation(split),
+            shuffle=split.startswith("train"),
+            seed=self.cfg.seed,
+        )
+        logger.info(
+            "%s %s: %d songs (%d empty dropped), truncate=%s",
+            data_path, split, len(dataset), dataset.num_dropped_empty, self._truncation(split),
+        )
+        self.datasets[split] = dataset
+        return dataset
+
+    def eval_lm_dataloader(self, dataset, max_tokens: Optional[int] = 36000, batch_size: Optional[int] = None,
+                           max_positions: Optional[int] = None, num_shards: int = 1, shard_id: int = 0,
+                           num_workers: int = 1, data_buffer_size: int = 10, context_window: int = 0):
+        """Batches for ``fairseq-eval-lm``: whole (truncated) songs, not fixed-size token blocks."""
+        if context_window > 0:
+            raise ValueError(
+                "--context-window is not supported by museformer_lm (each sample is one whole song); use "
+                "--truncate-test N to score the first N tokens of each song"
+            )
+        return self.get_batch_iterator(
+            dataset=dataset, max_tokens=max_tokens, max_sentences=batch_size, max_positions=max_positions,
+            ignore_invalid_inputs=True, num_shards=num_shards, shard_id=shard_id, num_workers=num_workers,
+            data_buffer_size=data_buffer_size,
+        ).next_epoch_itr(shuffle=False)
+
+    def build_dataset_for_inference(self, src_tokens, src_lengths, **kwargs):
+        """Prompts for ``fairseq-interactive``: source = [</s>] + prompt; the model derives bar/beat ids itself."""
+        eos = self.dictionary.eos()
+        sources = [torch.cat([t.new_tensor([eos]), t[t.ne(eos)]]) for t in src_tokens]
+        return NestedDictionaryDataset(
+            {
+                "id": IdDataset(),
+                "net_input": {
+                    "src_tokens": PadDataset(sources, pad_idx=self.dictionary.pad(), left_pad=False),
+                    "src_lengths": NumelDataset(sources, reduce=False),
+                },
+                "target": PadDataset(sources, pad_idx=self.dictionary.pad(), left_pad=False),
+            },
+            sizes=[np.array([len(s) for s in sources])],
+        )
+
+    def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
+        """Continue the prompt (fairseq's SequenceGenerator); generation is conditioned on the </s> BOS."""
+        if constraints is not None:
+            raise NotImplementedError("constrained decoding is not supported by museformer_lm")
+        with torch.no_grad():
+            bos = self.dictionary.eos()
+            if prefix_tokens is None and sample["net_input"]["src_tokens"].nelement():
+                prefix_tokens = sample["net_input"]["src_tokens"]
+                if prefix_tokens[:, 0].eq(bos).all():
+                    prefix_tokens = prefix_tokens[:, 1:]
+            return generator.generate(models, sample, prefix_tokens=prefix_tokens, bos_token=bos)
+
+    def max_positions(self):
+        return self.cfg.tokens_per_sample
+
+    @property
+    def source_dictionary(self):
+        return self.dictionary
+
+    @property
+    def target_dictionary(self):
+        return self.dictionary
+
+
+def bar_index(dictionary: Dictionary, data: Optional[str] = None) -> int:
+    """Index of ``b-1`` in ``dictionary``; ValueError if the dictionary was not built by museformer-prep."""
+    idx = dictionary.index(BAR_SYMBOL)
+    if idx == dictionary.unk():
+        where = os.path.join(utils.split_paths(data)[0], "dict.txt") if data else "the dictionary"
+        raise ValueError(
+            f"{where} has no {BAR_SYMBOL} token, so it was not built by museformer-prep; "
+            "rebuild the data directory with `museformer-prep all`"
+        )
+    return idx
