@@ -1,6 +1,6 @@
 # museformer-plugin — the two README commands are `make demo` and `make test`.
 # Both run `make install` first, which is idempotent: it creates .venv, installs torch (keeping one that is
-# already there), then fairseq-fixed (--no-deps, see docs/install.md), then this package with its extras.
+# already there), then fairseq-fixed (--no-deps, see README "Quick start"), then this package with its extras.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
