@@ -34,6 +34,11 @@ from .bar_layout import BarLayout, BarScheme, dense_masks
 IMPLS = ("dense", "sparse", "flex")
 
 
+def softmax_dtype(scores: torch.Tensor) -> torch.Tensor:
+    """Scores in the dtype the softmax runs in: fp32 for fp16/bf16 inputs (as the original's kernel), else as is."""
+    return scores.to(torch.promote_types(scores.dtype, torch.float32))
+
+
 def _masked_attention(q, k, v, mask, dropout_p: float, training: bool):
     """softmax(q·kᵀ/√D masked) · v with the softmax in fp32.
 
@@ -41,7 +46,7 @@ def _masked_attention(q, k, v, mask, dropout_p: float, training: bool):
     have at least one visible key (the layout guarantees it: the BOS or the summary itself).
     """
     scale = 1.0 / math.sqrt(q.size(-1))
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # (B, H, Q, K)
+    scores = softmax_dtype(torch.matmul(q, k.transpose(-1, -2))) * scale  # (B, H, Q, K)
     scores = scores.masked_fill(~mask[:, None], float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     if training and dropout_p > 0:

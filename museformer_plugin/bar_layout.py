@@ -273,3 +273,25 @@ def dense_masks(layout: BarLayout, scheme: BarScheme) -> Tuple[torch.Tensor, tor
     sum2reg = (bar_ids[:, None, :] == slot_bar[None, :, None]) & valid_sum[:, :, None]  # (B, S, T)
     sum_mask = torch.cat([sum2sum, sum2reg], dim=2)
     return reg_mask, sum_mask
+
+
+def bar_spans(layout: BarLayout, num_bars: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Token span of every bar: ``(start, end)``, each long (B, num_bars + 1), indexed by bar id 0..num_bars.
+
+    Bar b of sample i occupies positions ``start[i, b] <= t < end[i, b]`` (bars are contiguous runs of positions);
+    a bar absent from a sample has ``start = end = 0``. Column 0 is the prefix (BOS). Used by the block-sparse
+    attention to gather each bar's tokens.
+    """
+    bar_ids = layout.bar_ids
+    B, T = bar_ids.shape
+    nb = layout.num_bars if num_bars is None else num_bars
+    pos = torch.arange(T, device=bar_ids.device).expand(B, T)
+    real = bar_ids.ne(PAD_BAR) & bar_ids.le(nb)
+    idx = torch.where(real, bar_ids, torch.full_like(bar_ids, nb + 1))  # padding -> a spare column, dropped below
+    start = torch.full((B, nb + 2), T, dtype=torch.long, device=bar_ids.device)
+    end = torch.zeros((B, nb + 2), dtype=torch.long, device=bar_ids.device)
+    start = start.scatter_reduce(1, idx, pos, reduce="amin")
+    end = end.scatter_reduce(1, idx, pos + 1, reduce="amax")
+    start, end = start[:, : nb + 1], end[:, : nb + 1]
+    start = torch.where(end > 0, start, torch.zeros_like(start))
+    return start, end
