@@ -26,7 +26,7 @@ def count_errors(tokens: list[str] | str, cfg: TokenizerConfig | None = None) ->
     One error per: unknown or special token; a family that may not follow the previous one (FOLLOWS); an
     onset not after the previous onset of its bar; an instrument repeated within one onset; a drum pitch
     (>= 128) under a non-drum instrument or the reverse. With `cfg`, values outside the config's vocabulary and
-    onsets beyond the bar's length count too. A sequence that stops mid-bar is not an error (sampling may cut).
+    onsets beyond the bar's length (when the config writes s- tokens) count too. A sequence that stops mid-bar is not an error (sampling may cut).
     """
     if isinstance(tokens, str):
         tokens = tokens.split()
@@ -45,7 +45,8 @@ def count_errors(tokens: list[str] | str, cfg: TokenizerConfig | None = None) ->
             continue
         fam, val = parsed
         if ranges is not None and (fam not in ranges or val not in ranges[fam]):
-            errors += 1
+            errors += 1  # a wrong value, but the family still counts for the structure
+            prev = fam
             continue
         if fam not in FOLLOWS[prev]:
             errors += 1
@@ -54,7 +55,7 @@ def count_errors(tokens: list[str] | str, cfg: TokenizerConfig | None = None) ->
         elif fam == "s":
             ts = id_to_ts(val) if val < 254 else ts
         elif fam == "o":
-            if val <= last_onset or (cfg is not None and val >= bar_length(ts, P)):
+            if val <= last_onset or (cfg is not None and not cfg.ignore_ts and val >= bar_length(ts, P)):
                 errors += 1
             last_onset, insts_here = val, set()
         elif fam == "i":

@@ -25,16 +25,29 @@ def read_midi(path: str | os.PathLike, reader: str = "miditoolkit") -> miditoolk
     try:
         return miditoolkit.MidiFile(path)
     except Exception as e:  # mido raises OSError, EOFError, KeyError, ValueError, IndexError... on bad bytes
-        raise MidiEncodeError(_classify(e), f"{path}: cannot be read as MIDI ({type(e).__name__}: {e}).") from e
+        raise _read_error(path, e) from e
+
+
+_EXPLAIN = {
+    "not_midi": "it does not start with a MIDI header (MThd), so it is not a Standard MIDI File",
+    "truncated": "the file ends in the middle of a track (a truncated download or copy?)",
+    "unreadable": "the MIDI data is corrupt",
+}
 
 
 def _classify(e: Exception) -> str:
     msg = str(e).lower()
     if "mthd" in msg or "header" in msg:
         return "not_midi"
-    if isinstance(e, EOFError) or "eof" in msg or "end of" in msg:
+    if isinstance(e, EOFError) or "eof" in msg or "end of" in msg or "unexpected end" in msg:
         return "truncated"
     return "unreadable"
+
+
+def _read_error(path: str, e: Exception) -> MidiEncodeError:
+    reason = _classify(e)
+    detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    return MidiEncodeError(reason, f"{path}: cannot be read as MIDI: {_EXPLAIN[reason]} ({detail}).")
 
 
 def _read_symusic(path: str) -> miditoolkit.MidiFile:
@@ -45,7 +58,7 @@ def _read_symusic(path: str) -> miditoolkit.MidiFile:
     try:
         score = symusic.Score(path, ttype="tick")
     except Exception as e:
-        raise MidiEncodeError(_classify(e), f"{path}: cannot be read as MIDI ({type(e).__name__}: {e}).") from e
+        raise _read_error(path, e) from e
     midi = miditoolkit.MidiFile(ticks_per_beat=int(score.ticks_per_quarter))
     midi.tempo_changes = [miditoolkit.TempoChange(float(t.qpm), int(t.time)) for t in score.tempos]
     midi.time_signature_changes = [

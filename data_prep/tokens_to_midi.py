@@ -8,9 +8,18 @@ from dataclasses import dataclass, field
 import miditoolkit
 
 from .config import TokenizerConfig
-from .constants import DECODE_TICKS_PER_BEAT, DEFAULT_BPM, DEFAULT_TS, DRUM_INSTRUMENT, NUM_PITCHES
+from .constants import (
+    BEAT_NOTE_FACTOR,
+    DECODE_TICKS_PER_BEAT,
+    DEFAULT_BPM,
+    DEFAULT_TS,
+    DRUM_INSTRUMENT,
+    MAX_NOTES_PER_BAR,
+    NUM_PITCHES,
+)
 from .vocab import bar_length, family_ranges, id_to_duration, id_to_tempo, id_to_ts, id_to_velocity, parse_token
 
+MAX_BAR_BEATS = BEAT_NOTE_FACTOR * MAX_NOTES_PER_BAR  # a bar is at most 8 quarter notes
 SPECIAL_TOKENS = frozenset({"<s>", "<pad>", "</s>", "<unk>"})
 
 
@@ -40,7 +49,7 @@ def decode_tokens(
 
     Differences from the original decoder: `d-0` (a note shorter than half a grid step) becomes a quarter-step
     note instead of a whole step, so that re-encoding gives `d-0` again; ticks per beat are 480 unless P does
-    not divide 480.
+    not divide 480; with cfg.ignore_ts a bar whose onsets go past 4/4 is widened to n/4 instead of losing notes.
     """
     if isinstance(tokens, str):
         tokens = tokens.split()
@@ -59,7 +68,8 @@ def decode_tokens(
     onset = 0
     inst = 0  # default program 0 until an i- token
     tempo_id: int | None = None
-    ts_written: tuple[int, int] | None = None
+    bar_ts: list[tuple[int, tuple[int, int]]] = []  # (bar start, TS) of every bar, for the TS events
+    cur_bar_ts = ts  # TS of the bar being decoded (may be widened, see o- below)
     pitch: int | None = None  # pending p-
     dur: int | None = None  # pending d- (in positions)
     note_pitch = 0  # pitch of the pending d-
@@ -90,17 +100,21 @@ def decode_tokens(
             problem("value_out_of_range", j, tok)
             continue
         if fam == "b":
-            bar_start += bar_length(ts, P)
+            bar_ts.append((bar_start, cur_bar_ts))
+            bar_start += bar_length(cur_bar_ts, P)
             onset = bar_start
+            cur_bar_ts = ts
         elif fam == "s":
-            ts = id_to_ts(val)
-            if ts != ts_written:
-                midi.time_signature_changes.append(miditoolkit.TimeSignature(ts[0], ts[1], bar_start * ticks_per_pos))
-                ts_written = ts
+            ts = cur_bar_ts = id_to_ts(val)
         elif fam == "o":
-            if val >= bar_length(ts, P):
-                problem("onset_beyond_bar", j, tok)
-                continue
+            if val >= bar_length(cur_bar_ts, P):
+                if not cfg.ignore_ts:
+                    problem("onset_beyond_bar", j, tok)
+                    continue
+                # Without s- tokens the bar's real length is unknown (4/4 is assumed); a later onset proves the
+                # bar is longer, so widen it to whole beats (n/4) instead of dropping notes. Re-encoding gives
+                # the same tokens, since only onsets inside the bar are written.
+                cur_bar_ts = (min(MAX_BAR_BEATS, val // P + 1), 4)
             onset = bar_start + val
         elif fam == "t":
             if val != tempo_id:
@@ -140,8 +154,11 @@ def decode_tokens(
 
     if not midi.tempo_changes or midi.tempo_changes[0].time > 0:
         midi.tempo_changes.insert(0, miditoolkit.TempoChange(DEFAULT_BPM, 0))
-    if not midi.time_signature_changes or midi.time_signature_changes[0].time > 0:
-        midi.time_signature_changes.insert(0, miditoolkit.TimeSignature(DEFAULT_TS[0], DEFAULT_TS[1], 0))
+    bar_ts.append((bar_start, cur_bar_ts))  # the last bar, if it has no b-1
+    for start_pos, bts in bar_ts:
+        if not midi.time_signature_changes or bts != prev_ts:
+            midi.time_signature_changes.append(miditoolkit.TimeSignature(bts[0], bts[1], start_pos * ticks_per_pos))
+        prev_ts = bts
     midi.instruments = [tracks[k] for k in sorted(tracks)]
     ends = [n.end for t in midi.instruments for n in t.notes]
     midi.max_tick = max(ends) if ends else 0

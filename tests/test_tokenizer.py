@@ -381,7 +381,7 @@ def _midi_bytes(midi):
     [
         ("empty.mid", b"", "empty_file"),
         ("text.mid", b"this is not a MIDI file at all\n" * 4, "not_midi"),
-        ("truncated.mid", None, None),
+        ("truncated.mid", None, "truncated"),
         ("no_notes.mid", "no_notes", "no_notes"),
         ("no_tracks.mid", "no_tracks", "no_notes"),
     ],
@@ -455,6 +455,20 @@ def test_decode_strict_raises(tokens):
     assert sum(decode_tokens(tokens).skipped.values()) >= 1
 
 
+def test_ignore_ts_decoding_widens_long_bars_instead_of_dropping_notes():
+    # 3/2 bars (72 positions) encoded without s- tokens: onsets up to 71 must survive decoding
+    notes = [(i * 480, i * 480 + 480, 60 + i % 7, 80) for i in range(12)]
+    midi = make_midi(None, [(0, False, notes)], time_signatures=[(0, 3, 2)])
+    cfg = TokenizerConfig(ignore_ts=True)
+    toks = encode_midi(midi, cfg)
+    assert "o-60" in toks and toks.count("b-1") == 2
+    res = decode_tokens(toks, cfg, strict=True)
+    assert res.num_notes == 12 and encode_midi(res.midi, cfg) == toks
+    assert [(t.numerator, t.denominator) for t in res.midi.time_signature_changes][0] == (6, 4)
+    with pytest.raises(ValueError, match="onset beyond bar"):  # with s- tokens the bar length is known
+        decode_tokens("s-9 t-35 o-60 i-0 p-60 d-3 v-1 b-1", strict=True)
+
+
 def test_decode_empty_and_random_sequences_never_crash():
     import random
 
@@ -466,3 +480,16 @@ def test_decode_empty_and_random_sequences_never_crash():
         res = decode_tokens(toks)
         assert res.num_notes + sum(res.skipped.values()) <= len(toks) + 2
         assert all(n.end > n.start for t in res.midi.instruments for n in t.notes)
+
+
+def test_symusic_reader_gives_identical_tokens(tmp_path):
+    pytest.importorskip("symusic")
+    make_song(6, seed=8).dump(str(tmp_path / "a.mid"))
+    _ts_song().dump(str(tmp_path / "b.mid"))
+    for name in ("a.mid", "b.mid"):
+        for cfg in (TokenizerConfig(), TokenizerConfig(encoding="remigen", instruments="lmd6")):
+            ours = encode_midi(tmp_path / name, cfg, reader="symusic")
+            assert ours == encode_midi(tmp_path / name, cfg, reader="miditoolkit")
+    (tmp_path / "bad.mid").write_bytes(b"MThd garbage")
+    with pytest.raises(MidiEncodeError):
+        encode_midi(tmp_path / "bad.mid", reader="symusic")
