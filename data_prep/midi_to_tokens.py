@@ -68,8 +68,8 @@ def quantize(midi: miditoolkit.MidiFile, cfg: TokenizerConfig, name: str = "<Mid
                 raise MidiEncodeError(
                     "bad_note_time", f"{name}: a note spans ticks {start}..{end}, outside 0..2**31."
                 )
-            if not 0 <= note.pitch <= 127:
-                continue  # cannot come from a MIDI file; ignore out-of-range pitches of hand-built objects
+            if not 0 <= note.pitch <= 127:  # cannot come from a file, only from a hand-built MidiFile
+                raise MidiEncodeError("bad_pitch", f"{name}: a note has pitch {note.pitch}, outside 0..127.")
             onset = tick_to_pos(start, tpb, P)
             # zero- and negative-length notes (the original asserts end > start) keep duration 0
             dur = max(0, tick_to_pos(end, tpb, P) - onset)

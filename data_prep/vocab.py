@@ -24,6 +24,7 @@ from .constants import (
     TS_TO_ID,
     VELOCITY_STEP,
 )
+from .instruments import LMD6_PROGRAMS
 
 # Family letters in dict order (spec §1.8, general_use_dict.txt): bar, onset, instrument, pitch, duration,
 # velocity, time signature, tempo. Each family is one contiguous run in the dictionary.
@@ -126,8 +127,6 @@ def parse_token(token: str) -> tuple[str, int] | None:
 
 
 def instrument_ids(cfg: TokenizerConfig) -> list[int]:
-    from .instruments import LMD6_PROGRAMS
-
     if cfg.instruments == "lmd6":
         return sorted(LMD6_PROGRAMS)
     return list(range(DRUM_INSTRUMENT + 1))
