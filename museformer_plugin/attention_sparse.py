@@ -39,8 +39,8 @@ def attend_summaries_sparse(q_sum, k_sum, v_sum, k_reg, v_reg, layout: BarLayout
     """
     B, H, S, D = q_sum.shape
     T = k_reg.size(2)
-    if S == 0:
-        return q_sum.new_zeros(B, H, 0, D)
+    if S == 0:  # no complete bar in the batch; keep the (empty) result attached to the inputs for autograd
+        return q_sum * 0 + k_sum * 0 + v_sum * 0
     start, end = bar_spans(layout, max(layout.num_bars, S))
     start, end = start[:, 1 : S + 1], end[:, 1 : S + 1]  # (B, S): slot j -> bar j + 1
     length = (end - start) * layout.summary_valid(S).long()  # invalid slots gather nothing
