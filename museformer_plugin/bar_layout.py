@@ -184,17 +184,23 @@ class BarLayout:
         """Layout of ``src_tokens`` (B, T) = [BOS] + music tokens (+ right padding with ``pad``)."""
         return cls(*compute_bar_ids(src_tokens, bar_token, pad))
 
-    def append(self, prev_last_tokens: torch.Tensor, new_is_pad: Optional[torch.Tensor] = None) -> "BarLayout":
+    def append(self, prev_last_tokens: torch.Tensor, new_is_pad: Optional[torch.Tensor] = None,
+               new_is_bar_end: Optional[torch.Tensor] = None) -> "BarLayout":
         """Layout after appending one token per sample (incremental decoding).
 
         ``prev_last_tokens``: bool (B,) — True where the previously last token was a ``b-1`` (it closed a bar).
         The new token joins the next bar if the previous token closed one, else the current bar.
+        ``num_complete_bars`` is kept as is unless ``new_is_bar_end`` (bool (B,), True where the new token is a
+        non-padding ``b-1``) is given; then it counts the bar the new token closes.
         """
         last = self.bar_ids[:, -1]
         new = torch.where(prev_last_tokens, last + 1, last).clamp(min=1)
         if new_is_pad is not None:
             new = torch.where(new_is_pad, torch.full_like(new, PAD_BAR), new)
-        return BarLayout(torch.cat([self.bar_ids, new[:, None]], dim=1), self.num_complete_bars.clone())
+        complete = self.num_complete_bars.clone()
+        if new_is_bar_end is not None:
+            complete = complete + new_is_bar_end.long()
+        return BarLayout(torch.cat([self.bar_ids, new[:, None]], dim=1), complete)
 
 
 def compute_bar_ids(src_tokens: torch.Tensor, bar_token: int, pad: int) -> Tuple[torch.Tensor, torch.Tensor]:
