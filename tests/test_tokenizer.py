@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 from collections import Counter
+from pathlib import Path
 
 import miditoolkit
 import pytest
@@ -125,6 +126,7 @@ def test_time_signature_reduction_and_ids():
 # ---- round trips ---------------------------------------------------------------------------------------------
 
 TPB = 480
+LOG_DIR = Path(__file__).parent / "logs"
 
 
 def _ts_song():
@@ -202,7 +204,7 @@ def decoded_notes(res: DecodeResult, cfg: TokenizerConfig) -> Counter:
 
 @pytest.mark.parametrize("song", list(SONGS), ids=list(SONGS))
 @pytest.mark.parametrize("cfg_name", list(CONFIGS), ids=list(CONFIGS))
-def test_round_trip(song, cfg_name, tmp_path):
+def test_round_trip(song, cfg_name):
     cfg = CONFIGS[cfg_name]
     midi = SONGS[song]()
     tokens = encode_midi(midi, cfg)
@@ -210,9 +212,10 @@ def test_round_trip(song, cfg_name, tmp_path):
     res = decode_tokens(tokens, cfg, strict=True)
     assert res.skipped == Counter()
     again = encode_midi(res.midi, cfg)
-    if again != tokens:
-        (tmp_path / "decoded.mid").parent.mkdir(exist_ok=True)
-        res.midi.dump(str(tmp_path / "decoded.mid"))
+    if again != tokens:  # keep both files to listen to (tests/logs/ is git-ignored)
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        midi.dump(str(LOG_DIR / f"{song}-{cfg_name}-input.mid"))
+        res.midi.dump(str(LOG_DIR / f"{song}-{cfg_name}-decoded.mid"))
     assert again == tokens
     assert res.num_notes == sum(t.startswith("p-") for t in tokens)
     if not cfg.normalize_pitch and not cfg.remove_empty_bars and cfg.instruments == "general":
