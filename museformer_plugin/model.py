@@ -6,7 +6,6 @@ regular and the summary stream) → MuseformerDecoder → MuseformerLanguageMode
 Batch-first throughout: fairseq hands ``prev_output_tokens`` as (B, T) and expects logits (B, T, V), so no transpose
 is needed at the boundary.
 """
-from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
@@ -67,11 +66,6 @@ class MuseformerModelConfig(FairseqDataclass):
     block_size: int = field(
         default=64, metadata={"help": "block size in tokens of the sparse attention implementation"}
     )
-    beat_mask_ts: bool = field(
-        default=II("task.beat_mask_ts"),
-        metadata={"help": "beat-id rule used when beat ids are derived from tokens (inference); copied from the "
-                  "task's --beat-mask-ts and stored in the checkpoint"},
-    )
     max_target_positions: Optional[int] = II("task.tokens_per_sample")
 
 
@@ -123,7 +117,7 @@ class MuseformerDecoderLayer(nn.Module):
 class MuseformerDecoder(FairseqIncrementalDecoder):
     """Embeddings (spec §3) → layers → final LN → untied output projection. Summaries produce no output."""
 
-    def __init__(self, cfg: MuseformerModelConfig, dictionary, bar_token: int):
+    def __init__(self, cfg: MuseformerModelConfig, dictionary, bar_token: int, beat_mask_ts: bool = False):
         super().__init__(dictionary)
         d = cfg.decoder_embed_dim
         self.cfg = cfg
@@ -135,11 +129,9 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         self.embed_scale = math.sqrt(d)
         self.scheme = BarScheme.from_args(cfg.attention_scheme, cfg.con2con, cfg.con2sum)
         # Beat LUT over the task dictionary, for inputs that come without beat ids (inference). Not a parameter and
-        # not saved: it is rebuilt from dict.txt, so it always matches the dictionary in use.
-        if not isinstance(cfg.beat_mask_ts, bool):
-            raise ValueError(f"beat_mask_ts must be a bool (normally copied from the task), got {cfg.beat_mask_ts!r}")
+        # not saved: it is rebuilt from dict.txt and the task's --beat-mask-ts, so it always matches the dataset's.
         self.register_buffer(
-            "beat_lut", build_beat_lut(dictionary.symbols, dictionary.nspecial, cfg.beat_mask_ts), persistent=False
+            "beat_lut", build_beat_lut(dictionary.symbols, dictionary.nspecial, beat_mask_ts), persistent=False
         )
 
         # Regular stream input: concat[tokEmb·√d, barSin(bar id), beatSin(beat id)] → Linear → d (spec §3).
@@ -248,8 +240,12 @@ class MuseformerLanguageModel(FairseqLanguageModel):
 
     @classmethod
     def build_model(cls, cfg: MuseformerModelConfig, task):
+        # beat_mask_ts comes from the task, not the model config: the dataset computes beat ids with the task's
+        # flag, and a bool field defaulting to II("task.beat_mask_ts") is turned into True by fairseq's argparse
+        # bridge (bool("${task.beat_mask_ts}")).
         dictionary = task.target_dictionary
-        return cls(MuseformerDecoder(cfg, dictionary, bar_index(dictionary)))
+        beat_mask_ts = bool(getattr(task.cfg, "beat_mask_ts", False))
+        return cls(MuseformerDecoder(cfg, dictionary, bar_index(dictionary), beat_mask_ts))
 
 
 # Named sizes. register_model already made the arch "museformer_lm" (= the dataclass defaults, the paper's model).

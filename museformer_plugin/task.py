@@ -10,7 +10,6 @@
 Dataset chain (spec §5 step 4): indexed dataset (``tokens + [</s>]`` per line) → ``MuseformerDataset`` (drop empty
 songs, BOS-shifted source / target, truncation, cached bar and beat ids, padded collate).
 """
-from __future__ import annotations
 
 import logging
 import os
@@ -125,6 +124,24 @@ class MuseformerLMTask(FairseqTask):
         )
         self.datasets[split] = dataset
         return dataset
+
+    def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, max_positions=None,
+                           ignore_invalid_inputs=False, required_batch_size_multiple=1, **kwargs):
+        """fairseq's batching, always with ``required_batch_size_multiple=1``.
+
+        fairseq-fixed 0.12.3.1's ``batch_by_size`` silently drops the last samples of the (length-sorted) order
+        when the multiple is 8, the CLI default: e.g. 1 of 17 songs with --batch-size 1, 2 of 9 with --batch-size 3.
+        That would bias perplexity towards short songs and never train on the longest ones. Songs are batched by
+        length anyway, so the multiple buys nothing here.
+        """
+        if required_batch_size_multiple != 1 and not getattr(self, "_warned_bsz_mult", False):
+            logger.info("using --required-batch-size-multiple 1 (was %d): fairseq's batch_by_size drops samples "
+                        "otherwise", required_batch_size_multiple)
+            self._warned_bsz_mult = True
+        return super().get_batch_iterator(
+            dataset, max_tokens=max_tokens, max_sentences=max_sentences, max_positions=max_positions,
+            ignore_invalid_inputs=ignore_invalid_inputs, required_batch_size_multiple=1, **kwargs,
+        )
 
     def eval_lm_dataloader(self, dataset, max_tokens: Optional[int] = 36000, batch_size: Optional[int] = None,
                            max_positions: Optional[int] = None, num_shards: int = 1, shard_id: int = 0,

@@ -129,7 +129,6 @@ def make_model(task, impl: str = "dense", seed: int = 0, **overrides):
 
     sizes = dict(decoder_layers=2, decoder_embed_dim=64, decoder_ffn_embed_dim=128, decoder_attention_heads=4)
     sizes.update(overrides)
-    cfg = MuseformerModelConfig(attention_impl=impl, beat_mask_ts=task.cfg.beat_mask_ts,
-                                max_target_positions=task.cfg.tokens_per_sample, **sizes)
+    cfg = MuseformerModelConfig(attention_impl=impl, max_target_positions=task.cfg.tokens_per_sample, **sizes)
     torch.manual_seed(seed)
     return MuseformerLanguageModel.build_model(cfg, task).eval()

@@ -80,10 +80,11 @@ def test_collate_pads_with_pad_index(data_dir):
     assert net["bar_ids"][1, :n_short].tolist() == [0] + [1] * 7 + [2] * 3
 
 
-def test_dataset_ids_equal_model_ids(tmp_path):
+@pytest.mark.parametrize("beat_mask_ts", [False, True], ids=["t-zeroed", "s-zeroed"])
+def test_dataset_ids_equal_model_ids(tmp_path, beat_mask_ts):
     from lm_data import make_data_bin
 
-    task = make_task(make_data_bin(tmp_path, num_songs=8, seed=3))
+    task = make_task(make_data_bin(tmp_path, num_songs=8, seed=3), beat_mask_ts=beat_mask_ts)
     ds = task.load_dataset("train")
     model = make_model(task)
     batch = ds.collater([ds[i] for i in range(len(ds))])  # padded batch of different lengths
@@ -121,3 +122,15 @@ def test_rebuilt_dataset_does_not_reuse_cache(tmp_path):
     binarize(tmp_path, {"train": [BAR2 + BAR3 + BAR1]})
     ids = task.load_dataset("train")[0]["bar_ids"].tolist()
     assert ids == [0] + [1] * 7 + [2] * 7 + [3] * 12
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_batches_keep_every_song(tmp_path, batch_size):
+    """fairseq's default --required-batch-size-multiple 8 drops the last songs; the task must not."""
+    from lm_data import make_data_bin
+
+    task = make_task(make_data_bin(tmp_path, num_songs=17, seed=4))
+    ds = task.load_dataset("train")
+    itr = task.get_batch_iterator(ds, max_sentences=batch_size, required_batch_size_multiple=8)
+    ids = sorted(i for batch in itr.next_epoch_itr(shuffle=False) for i in batch["id"].tolist())
+    assert ids == list(range(len(ds)))

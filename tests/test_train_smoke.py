@@ -1,0 +1,139 @@
+"""fairseq CLIs with the plugin: train (batch > 1) → checkpoint → fairseq-validate, fairseq-eval-lm → resume.
+
+A few seconds of CPU training of museformer_lm_tiny on 40 synthetic songs (tests/lm_data.py).
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lm_data import REPO_ROOT, make_data_bin
+
+USER_DIR = str(REPO_ROOT / "museformer_plugin")
+
+
+def fairseq_cli(name: str, *args, cwd) -> str:
+    """Run ``fairseq-<name>`` (the venv's console script) and return stdout + stderr; fail on a non-zero exit."""
+    script = Path(sys.executable).parent / f"fairseq-{name}"
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", f"fairseq_cli.{name.replace('-', '_')}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"fairseq-{name} failed (exit {proc.returncode}):\n{out[-4000:]}"
+    return out
+
+
+def json_records(log: str):
+    """The JSON log lines of ``--log-format json`` (one dict per line, after the logger prefix)."""
+    records = []
+    for line in log.splitlines():
+        start = line.find("{")
+        if start >= 0:
+            try:
+                records.append(json.loads(line[start:]))
+            except json.JSONDecodeError:
+                pass
+    return records
+
+
+def train_args(data_dir, save_dir, max_update):
+    return [
+        data_dir, "--user-dir", USER_DIR, "--task", "museformer_lm", "--arch", "museformer_lm_tiny", "--cpu",
+        "--max-tokens", 1024, "--num-workers", 0,
+        "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", 3e-3,
+        "--lr-scheduler", "inverse_sqrt", "--warmup-updates", 10,
+        "--dropout", 0.0, "--attention-dropout", 0.0,
+        "--max-update", max_update, "--save-dir", save_dir, "--no-epoch-checkpoints",
+        "--log-format", "json", "--log-interval", 5, "--seed", 1, "--truncate-train", 512,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("smoke")
+    data_dir = make_data_bin(tmp, num_songs=40, seed=0)
+    save_dir = tmp / "ckpt"
+    log = fairseq_cli("train", *train_args(data_dir, save_dir, 30), cwd=tmp)
+    return tmp, data_dir, save_dir, log
+
+
+def test_train_loss_goes_down_with_batches(trained):
+    _, _, save_dir, log = trained
+    recs = json_records(log)
+    steps = [r for r in recs if "loss" in r and "bsz" in r]  # per-interval training stats
+    assert len(steps) >= 4, log[-3000:]
+    assert all(float(r["bsz"]) > 1 for r in steps), "batches must hold more than one song"
+    first, last = float(steps[0]["loss"]), float(steps[-1]["loss"])
+    assert last < first - 0.5, f"training loss did not go down: {first} -> {last}"
+    assert (save_dir / "checkpoint_last.pt").exists() and (save_dir / "checkpoint_best.pt").exists()
+    assert any(float(r.get("train_num_updates", 0)) == 30 for r in recs)
+
+
+def last_valid_loss(log: str) -> float:
+    return [float(r["valid_loss"]) for r in json_records(log) if "valid_loss" in r][-1]
+
+
+def test_validate_and_eval_lm_agree_with_training(trained):
+    tmp, data_dir, save_dir, log = trained
+    ckpt = save_dir / "checkpoint_last.pt"
+    out = fairseq_cli("validate", data_dir, "--user-dir", USER_DIR, "--task", "museformer_lm", "--path", ckpt,
+                      "--valid-subset", "valid", "--batch-size", 3, "--cpu", "--log-format", "json", cwd=tmp)
+    val_loss = last_valid_loss(out)
+    # Same checkpoint, same split, same loss as the validation at the end of training (logged to 3 decimals).
+    assert abs(val_loss - last_valid_loss(log)) < 2e-3, (val_loss, last_valid_loss(log))
+
+    out = fairseq_cli("eval-lm", data_dir, "--user-dir", USER_DIR, "--task", "museformer_lm", "--path", ckpt,
+                      "--gen-subset", "valid", "--batch-size", 2, "--cpu", cwd=tmp)
+    m = re.search(r"Loss \(base 2\): ([0-9.]+), Perplexity: ([0-9.]+)", out)
+    assert m, out[-3000:]
+    loss2, ppl = float(m.group(1)), float(m.group(2))
+    # eval-lm and validate both average the base-2 NLL over all target tokens (pad excluded).
+    assert abs(loss2 - val_loss) < 2e-3, (loss2, val_loss)
+    assert 1.0 < ppl < 100.0, ppl
+
+    out = fairseq_cli("validate", data_dir, "--user-dir", USER_DIR, "--task", "museformer_lm", "--path", ckpt,
+                      "--valid-subset", "test", "--truncate-test", 64, "--batch-size", 4, "--cpu",
+                      "--log-format", "json", cwd=tmp)
+    # fairseq-validate reduces all batches at once, so "wpb" is the total number of scored tokens: the first 64
+    # tokens of every test song, and nothing else.
+    from lm_data import make_task
+
+    expected = int(make_task(data_dir, truncate_test=64).load_dataset("test").sizes.sum())
+    assert float(json_records(out)[-1]["valid_wpb"]) == expected
+
+
+def test_checkpoint_loads_in_process(trained):
+    """The checkpoint holds no pickled argparse Namespace (torch.load weights-only works), and the loaded model
+    derives the same bar/beat ids as the dataset (its beat LUT follows the task's --beat-mask-ts)."""
+    import torch
+    from fairseq import checkpoint_utils
+
+    import museformer_plugin  # noqa: F401  (registers the task and model in this process)
+
+    _, data_dir, save_dir, _ = trained
+    ckpt = save_dir / "checkpoint_last.pt"
+    state = torch.load(ckpt, weights_only=True, map_location="cpu")
+    assert state["cfg"]["model"]["_name"] == "museformer_lm_tiny"
+    assert state["cfg"]["model"]["decoder_embed_dim"] == 64
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(ckpt)], arg_overrides={"data": str(data_dir)})
+    model = models[0].eval()
+    assert torch.equal(model.decoder.beat_lut, task.beat_lut)
+    ds = task.load_dataset("valid")
+    batch = ds.collater([ds[i] for i in range(len(ds))])
+    with torch.no_grad():
+        with_ids = model(**batch["net_input"])[0]
+        derived = model(batch["net_input"]["src_tokens"])[0]
+    assert torch.allclose(with_ids, derived, atol=1e-6)
+
+
+def test_resume_continues(trained):
+    tmp, data_dir, save_dir, _ = trained
+    log = fairseq_cli("train", *train_args(data_dir, save_dir, 36), cwd=tmp)
+    assert re.search(r"loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 30 updates\)", log), log[-3000:]
+    updates = [float(r["train_num_updates"]) for r in json_records(log) if "train_num_updates" in r]
+    assert updates and updates[-1] == 36
