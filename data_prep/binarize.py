@@ -119,7 +119,7 @@ def binarize(
             continue
         result.songs[split], result.tokens[split] = songs, tokens
         result.unknown.update(unknown)
-        prefixes += [f"--{split}pref", str(split_file.with_suffix(""))]
+        prefixes += [f"--{split}pref", str(split_file)]  # with --only-source the prefix is the file itself
     if result.unknown and not allow_unk:
         examples = ", ".join(f"{t} ({n}x)" for t, n in result.unknown.most_common(5))
         raise ValueError(
