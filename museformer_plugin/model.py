@@ -20,6 +20,7 @@ from torch import nn
 
 from .attention import FineCoarseAttention
 from .bar_layout import SCHEME_PRESETS, BarLayout, BarScheme, build_beat_lut, compute_bar_ids, compute_beat_ids
+from .incremental import forward_incremental, reorder
 from .task import bar_index
 
 ATTENTION_IMPL_CHOICES = ChoiceEnum(["dense", "sparse"])
@@ -176,14 +177,14 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         """prev_output_tokens (B, T) = [</s>] + tokens, right-padded with pad.
 
         bar_ids / beat_ids (B, T): from the dataset (training, validation); derived from the tokens when None.
-        incremental_state: fairseq generation. For now the whole prefix is recomputed at every step (correct but
-        O(T) per step) and only the last position is returned; a KV cache can replace this without changing the
-        signature.
-        Returns (logits (B, T, V) — (B, 1, V) with incremental_state — , {"attn": [None], "inner_states": [...]}).
+        incremental_state: fairseq generation with a KV cache (``incremental.py``): ``prev_output_tokens`` holds the
+        whole sequence so far and only the columns not seen by an earlier call are run; bar and beat ids of new
+        tokens are derived from the tokens (``bar_ids``/``beat_ids`` are ignored).
+        Returns (logits (B, T, V) — (B, Tnew, V) with incremental_state — , {"attn": [None], "inner_states": [...]}).
         """
-        x, extra = self.extract_features(prev_output_tokens, bar_ids=bar_ids, beat_ids=beat_ids)
         if incremental_state is not None:
-            x = x[:, -1:]
+            return forward_incremental(self, prev_output_tokens, incremental_state, features_only)
+        x, extra = self.extract_features(prev_output_tokens, bar_ids=bar_ids, beat_ids=beat_ids)
         if not features_only:
             x = self.output_layer(x)
         return x, extra
@@ -231,7 +232,8 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         return self.cfg.max_target_positions or 100000
 
     def reorder_incremental_state(self, incremental_state, new_order):
-        pass  # nothing is cached yet (the whole prefix is recomputed at every step)
+        """Beam search / finished hypotheses: cached sample b becomes sample ``new_order[b]``."""
+        reorder(self, incremental_state, new_order)
 
 
 @register_model("museformer_lm", dataclass=MuseformerModelConfig)

@@ -127,14 +127,18 @@ def test_schemes_switch_behaviour(task, songs):
     assert torch.allclose(outs["museformer-by-tuples"], outs["museformer"], atol=ATOL)
 
 
-def test_incremental_state_returns_last_position(task, songs):
-    model = make_model(task)
+def test_incremental_state_matches_full_forward(task, songs):
+    """forward with incremental_state (the KV cache of incremental.py): prefill, then one token per call."""
+    model = make_model(task, impl="sparse")
     src = songs[0]["source"][None, :40]
     full = logits_of(model, src)
+    state = {}
     with torch.no_grad():
-        last, _ = model.decoder(src, incremental_state={})
-    assert last.shape == (1, 1, len(task.dictionary))
-    assert torch.allclose(last[0, 0], full[0, -1], atol=ATOL)
+        prefill, _ = model.decoder(src[:, :30], incremental_state=state)
+        steps = [model.decoder(src[:, : t + 1], incremental_state=state)[0] for t in range(30, 40)]
+    assert prefill.shape == (1, 30, len(task.dictionary))
+    assert all(s.shape == (1, 1, len(task.dictionary)) for s in steps)
+    assert torch.allclose(torch.cat([prefill] + steps, dim=1), full, atol=ATOL)
 
 
 def test_sinusoid_matches_fairseq_table():
