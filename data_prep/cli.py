@@ -239,11 +239,21 @@ def cmd_decode(args) -> int:
 
 
 # -------------------------------------------------------------------------------------------- split / binarize
+def encoded_token_files(token_dir: Path) -> list[str]:
+    """The token files of a folder: those its encode manifest lists as encoded (so stale files from earlier runs
+    are not picked up), or every *.txt when there is no manifest."""
+    manifest = token_dir / MANIFEST_NAME
+    if manifest.is_file():
+        entries = json.loads(manifest.read_text(encoding="utf-8")).get("files", [])
+        return sorted(e["output"] for e in entries if e.get("status") == "encoded")
+    return split_mod.find_token_files(token_dir)
+
+
 def run_split(token_dir: Path, out_dir: Path, lists: str | None, ratios: str, seed: int):
     if lists:
         assignment = split_mod.read_lists(lists)
     else:
-        names = split_mod.find_token_files(token_dir)
+        names = encoded_token_files(token_dir)
         if not names:
             raise FileNotFoundError(f"no token files (*.txt) under {token_dir}; write them with `museformer-prep encode`")
         assignment = split_mod.random_split(names, split_mod.parse_ratios(ratios), seed)

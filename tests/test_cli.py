@@ -230,3 +230,13 @@ def test_corpus_music21_limit(tmp_path, capsys):
         assert len(encode_midi(path, TokenizerConfig())) > 100
     assert main(["corpus", "music21", str(out), "--limit", "3", "--workers", "1"]) == 0
     assert "0 MIDI files written, 3 already there" in capsys.readouterr().out
+
+
+def test_split_takes_the_songs_of_the_encode_manifest(midi_dir, tmp_path):
+    tokens = tmp_path / "tokens"
+    assert main(["encode", str(midi_dir), str(tokens), "--workers", "1"]) == 0
+    (tokens / "stale.mid.txt").write_text("b-1\n")  # left over from an earlier run, not in the manifest
+    assert main(["split", str(tokens), str(tmp_path / "split")]) == 0
+    listed = sum(((tmp_path / "split" / "lists" / f"{s}.txt").read_text().split() for s in SPLITS), [])
+    assert sorted(listed) == sorted(GOOD)
+    assert (tmp_path / "split" / "tokenizer.json").is_file()
