@@ -110,6 +110,25 @@ def _embed_summary(decoder, bar: int, device):
     return decoder.dropout(decoder.summary_proj(x))  # (1, C)
 
 
+def _layer_weights(decoder) -> List[dict]:
+    """Per layer: the fused regular q/k/v projection (one Linear of 3C outputs with the regular-stream biases) and
+    the plain tensors of the other parameters, so a step calls torch functions directly (no Module dispatch)."""
+    out = []
+    for layer in decoder.layers:
+        attn = layer.self_attn
+        out.append({
+            "qkv_w": torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight], dim=0),
+            "qkv_b": attn.reg_qkv_bias.reshape(-1),
+            "o_w": attn.out_proj.weight, "o_b": attn.out_proj.bias,
+            "ln1": (layer.attn_norm.normalized_shape, layer.attn_norm.weight, layer.attn_norm.bias,
+                    layer.attn_norm.eps),
+            "ln2": (layer.ffn_norm.normalized_shape, layer.ffn_norm.weight, layer.ffn_norm.bias,
+                    layer.ffn_norm.eps),
+            "fc1": (layer.fc1.weight, layer.fc1.bias), "fc2": (layer.fc2.weight, layer.fc2.bias),
+        })
+    return out
+
+
 def _heads(x, H, D):
     return x.view(x.size(0), -1, H, D).transpose(1, 2)  # (B, H, L, D)
 
@@ -168,23 +187,34 @@ def _summarise(layer, state, i: int, s: int, h, own_start: int, own_end: int, sl
     return _ffn(layer, h)
 
 
-def _write(buf, rows: List[int], cols: List[int], value, same_col: Optional[int]):
-    """buf[rows[b], :, cols[b]] = value[b] for every sample b (value (B, H, D))."""
-    if same_col is not None:
-        buf[:, :, same_col] = value
-    else:
-        dev = buf.device
-        buf[torch.tensor(rows, device=dev), :, torch.tensor(cols, device=dev)] = value
+def _ensure_capacity(state, num_layers: int, need_len: int, need_w: int, need_bar: int) -> None:
+    """Grow the position, window and summary buffers (by doubling) so that the step's writes fit."""
+    if state["k0"].size(2) < need_len:
+        for i in range(num_layers):
+            state[f"k{i}"], state[f"v{i}"] = _grow(state[f"k{i}"], 2, need_len), _grow(state[f"v{i}"], 2, need_len)
+    if state["w_k0"].size(2) < need_w:
+        for i in range(num_layers):
+            state[f"w_k{i}"] = _grow(state[f"w_k{i}"], 2, need_w)
+            state[f"w_v{i}"] = _grow(state[f"w_v{i}"], 2, need_w)
+    if state["s_k0"].size(2) < need_bar:
+        for i in range(num_layers):
+            state[f"s_k{i}"], state[f"s_v{i}"] = _grow(state[f"s_k{i}"], 2, need_bar), _grow(state[f"s_v{i}"], 2, need_bar)
+    if state["bar_start"].size(1) < need_bar:
+        state["bar_start"], state["bar_end"] = _grow(state["bar_start"], 1, need_bar), _grow(state["bar_end"], 1, need_bar)
 
 
-def _step(decoder, state, tokens: torch.Tensor) -> torch.Tensor:
+def _step(decoder, state, weights: List[dict], tokens: torch.Tensor) -> torch.Tensor:
     """Process one column ``tokens`` (B,) (pad = inactive sample); returns the final-LN features (B, C)."""
     B = tokens.size(0)
     layers = decoder.layers
+    L = len(layers)
     H, D = layers[0].self_attn.num_heads, layers[0].self_attn.head_dim
+    C = H * D
     dev = tokens.device
+    training = decoder.training
     meta = state["meta"]
     tok_cpu = tokens.cpu()
+    lut = state["beat_lut"]
     active = tok_cpu.ne(decoder.pad)
 
     # Bar and beat ids of the new token, by the shared bar_layout rules (one-token form of compute_bar_ids /
@@ -192,31 +222,25 @@ def _step(decoder, state, tokens: torch.Tensor) -> torch.Tensor:
     pos_t = meta[:, LENGTH]
     bar_t = BarLayout(meta[:, LAST_BAR, None], meta[:, NUM_COMPLETE]).append(meta[:, LAST_CLOSED].bool()).bar_ids[:, 1]
     bar_t = torch.where(pos_t.eq(0), torch.zeros_like(bar_t), bar_t)
-    beat_t = compute_beat_ids(torch.stack([meta[:, ONSET_TOK], tok_cpu], dim=1), decoder.beat_lut.cpu())[:, 1]
-    is_onset = decoder.beat_lut.cpu()[tok_cpu].gt(0)
+    beat_t = compute_beat_ids(torch.stack([meta[:, ONSET_TOK], tok_cpu], dim=1), lut)[:, 1]
     closes = tok_cpu.eq(decoder.bar_token) & pos_t.gt(0) & active  # this token ends its bar
 
     rows = meta.tolist()
     pos, bars, act, close = pos_t.tolist(), bar_t.tolist(), active.tolist(), closes.tolist()
-    # Grow buffers for the new position, the window and the summary slot.
-    need_len = max(pos) + 1
-    need_bar = max(bars) + 2
-    for name in ("bar_start", "bar_end"):
-        state[name] = _grow(state[name], 1, need_bar)
+    _ensure_capacity(state, L, max(pos) + 1, 0, max(bars) + 2)
     for s in range(B):  # entering a new bar (or the BOS): record its start and rebuild the window
         if act[s] and (pos[s] == 0 or bars[s] != rows[s][LAST_BAR]):
             state["bar_start"][s, bars[s]] = pos[s]
-            rows[s][WLEN] = _rebuild_window(state, decoder, s, bars[s], len(layers), decoder.scheme)
+            rows[s][WLEN] = _rebuild_window(state, decoder, s, bars[s], L, decoder.scheme)
             rows[s][OWN_START] = rows[s][WLEN]
     wlen = [r[WLEN] for r in rows]
     need_w = max(wlen) + 1
+    _ensure_capacity(state, L, 0, need_w, 0)
     same_pos = pos[0] if len(set(pos)) == 1 else None
     same_w = wlen[0] if len(set(wlen)) == 1 else None
-    for i in range(len(layers)):
-        for name in ("k", "v"):
-            state[f"{name}{i}"] = _grow(state[f"{name}{i}"], 2, need_len)
-            state[f"w_{name}{i}"] = _grow(state[f"w_{name}{i}"], 2, need_w)
-            state[f"s_{name}{i}"] = _grow(state[f"s_{name}{i}"], 2, need_bar)
+    if same_pos is None or same_w is None:
+        b_idx = torch.arange(B, device=dev)
+        pos_idx, w_idx = torch.tensor(pos, device=dev), torch.tensor(wlen, device=dev)
 
     # The window a query sees: its first wlen + 1 entries (the last one is the new token itself).
     if same_w is not None:
@@ -226,36 +250,36 @@ def _step(decoder, state, tokens: torch.Tensor) -> torch.Tensor:
         mask = mask[:, None, None, :]  # (B, 1, 1, W)
     scale = 1.0 / math.sqrt(D)
 
-    x = _embed(decoder, tokens[:, None], bar_t.to(dev)[:, None], beat_t.to(dev)[:, None])  # (B, 1, C)
+    x = _embed(decoder, tokens[:, None], bar_t.to(dev)[:, None], beat_t.to(dev)[:, None])[:, 0]  # (B, C)
     closing = [s for s in range(B) if close[s]]
     h_sum = {s: _embed_summary(decoder, bars[s], dev) for s in closing}
-    for i, layer in enumerate(layers):
-        attn = layer.self_attn
-        a = layer.attn_norm(x)
-        bias = attn.reg_qkv_bias
-        q = _heads(attn.q_proj(a) + bias[0], H, D)  # (B, H, 1, D)
-        k = attn.k_proj(a) + bias[1]
-        v = attn.v_proj(a) + bias[2]
-        k3, v3 = k.view(B, H, D), v.view(B, H, D)
-        _write(state[f"k{i}"], list(range(B)), pos, k3, same_pos)
-        _write(state[f"v{i}"], list(range(B)), pos, v3, same_pos)
-        _write(state[f"w_k{i}"], list(range(B)), wlen, k3, same_w)
-        _write(state[f"w_v{i}"], list(range(B)), wlen, v3, same_w)
+    for i, (layer, w) in enumerate(zip(layers, weights)):
+        qkv = F.linear(F.layer_norm(x, *w["ln1"]), w["qkv_w"], w["qkv_b"])  # (B, 3C)
+        q = qkv[:, :C].view(B, H, 1, D)
+        k3, v3 = qkv[:, C : 2 * C].view(B, H, D), qkv[:, 2 * C :].view(B, H, D)
+        kc, vc, wk, wv = state[f"k{i}"], state[f"v{i}"], state[f"w_k{i}"], state[f"w_v{i}"]
+        if same_pos is not None:
+            kc[:, :, same_pos], vc[:, :, same_pos] = k3, v3
+        else:
+            kc[b_idx, :, pos_idx], vc[b_idx, :, pos_idx] = k3, v3
+        if same_w is not None:
+            wk[:, :, same_w], wv[:, :, same_w] = k3, v3
+        else:
+            wk[b_idx, :, w_idx], wv[b_idx, :, w_idx] = k3, v3
         for s in closing:  # the bar is now complete at this layer: its summary passes through this layer
             h_sum[s] = _summarise(layer, state, i, s, h_sum[s], rows[s][OWN_START], wlen[s] + 1, bars[s] - 1, H, D)
-        win_k = state[f"w_k{i}"][:, :, :need_w]  # (B, H, W, D)
-        win_v = state[f"w_v{i}"][:, :, :need_w]
-        scores = torch.matmul(q, win_k.transpose(-1, -2)).float() * scale  # (B, H, 1, W)
+        scores = torch.matmul(q, wk[:, :, :need_w].transpose(-1, -2)).float() * scale  # (B, H, 1, W)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
-        out = torch.matmul(torch.softmax(scores, dim=-1).to(win_v.dtype), win_v)  # (B, H, 1, D)
-        out = out.transpose(1, 2).reshape(B, 1, H * D)
-        x = x + layer.dropout(attn.out_proj(out))
-        x = _ffn(layer, x)
-    feats = decoder.final_norm(x)[:, 0]  # (B, C)
+        out = torch.matmul(torch.softmax(scores, dim=-1).to(wv.dtype), wv[:, :, :need_w])  # (B, H, 1, D)
+        out = F.linear(out.view(B, C), w["o_w"], w["o_b"])
+        x = x + (layer.dropout(out) if training else out)
+        h = F.linear(F.gelu(F.linear(F.layer_norm(x, *w["ln2"]), *w["fc1"])), *w["fc2"])
+        x = x + (layer.dropout(h) if training else h)
+    feats = decoder.final_norm(x)  # (B, C)
 
     # Commit the step for active samples only; inactive (pad) samples keep their state and last output.
-    onset_tok = torch.where(is_onset, tok_cpu, meta[:, ONSET_TOK]).tolist()
+    onset_tok = torch.where(lut[tok_cpu].gt(0), tok_cpu, meta[:, ONSET_TOK]).tolist()
     for s in range(B):
         if not act[s]:
             continue
@@ -268,8 +292,10 @@ def _step(decoder, state, tokens: torch.Tensor) -> torch.Tensor:
         r[ONSET_TOK] = onset_tok[s]
         state["bar_end"][s, bars[s]] = pos[s] + 1
     state["meta"] = torch.tensor(rows, dtype=torch.long)
-    act_dev = active.to(dev)[:, None]
-    state["last_out"] = torch.where(act_dev, feats, state["last_out"])
+    if all(act):
+        state["last_out"] = feats
+    else:
+        state["last_out"] = torch.where(active.to(dev)[:, None], feats, state["last_out"])
     return state["last_out"]
 
 
@@ -297,9 +323,14 @@ def forward_incremental(decoder, prev_output_tokens: torch.Tensor, incremental_s
     assert T > consumed, (
         f"prev_output_tokens has {T} columns but {consumed} were already processed; pass the whole sequence so far "
         "plus at least one new column")
-    outs = [_step(decoder, state, prev_output_tokens[:, t]) for t in range(consumed, T)]
+    if meta_state is None or "weights" not in meta_state:
+        meta_state = {"weights": _layer_weights(decoder), "beat_lut": decoder.beat_lut.cpu()}
+    state["beat_lut"] = meta_state["beat_lut"]
+    outs = [_step(decoder, state, meta_state["weights"], prev_output_tokens[:, t]) for t in range(consumed, T)]
+    del state["beat_lut"]
+    meta_state["consumed"] = torch.tensor(T)
     decoder.set_incremental_state(incremental_state, STATE_KEY, state)
-    decoder.set_incremental_state(incremental_state, META_KEY, {"consumed": torch.tensor(T)})
+    decoder.set_incremental_state(incremental_state, META_KEY, meta_state)
     feats = torch.stack(outs, dim=1)  # (B, Tnew, C)
     extra = {"attn": [None], "inner_states": [feats]}
     if features_only:

@@ -1,0 +1,158 @@
+"""Sampling speed: KV-cached incremental decoding vs recomputing the whole prefix (the original's way, spec §7).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_sampling.py --contexts 1024,4096,8192 --headline 20480
+
+Model: ``museformer_lm`` (paper size: 4 layers, 512 hidden, 8 heads, FFN 2048), random weights, eval mode, fp32.
+Tokens: a synthetic REMIGEN2 song with realistic bars (``--bar-tokens`` tokens per bar on average; the spec's
+example song has 134.5, the paper's data ~158). A random-weight model would sample a meaningless bar layout (almost
+never ``b-1``), so every step computes the logits, the top-k filter and a multinomial draw exactly as sampling
+does, and then feeds the song's next token instead of the drawn one (teacher forcing): the work per step is that
+of sampling, with the bar layout of real music.
+
+* cached: one pass over the song with ``forward_incremental``; tokens/s is measured over ``--window`` steps right
+  after each context length.
+* full recompute: the decoder's full forward over the whole prefix at a context length (``--attention-impl``
+  sparse, the fast one), timed over ``--full-steps`` steps.
+* headline: wall time of a whole ``--headline``-token song with the cached decoder.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def build_model(impl: str, seed: int):
+    """The paper-size model on a REMIGEN2 dictionary (the tokenizer's lmd6 config), random weights."""
+    import tempfile
+
+    from data_prep.config import TokenizerConfig
+    from data_prep.vocab import write_dict
+    from museformer_plugin.model import MuseformerLanguageModel, MuseformerModelConfig
+    from museformer_plugin.task import MuseformerLMConfig, MuseformerLMTask
+
+    data = Path(tempfile.mkdtemp(prefix="bench_sampling_"))
+    write_dict(data / "dict.txt", TokenizerConfig(instruments="lmd6", ignore_ts=True))
+    task = MuseformerLMTask.setup_task(MuseformerLMConfig(data=str(data), seed=seed, dataset_impl=None))
+    cfg = MuseformerModelConfig(attention_impl=impl, max_target_positions=100000)
+    torch.manual_seed(seed)
+    return MuseformerLanguageModel.build_model(cfg, task).eval(), task
+
+
+def synthetic_song(task, num_tokens: int, bar_tokens: int, seed: int) -> torch.Tensor:
+    """[BOS] + a REMIGEN2-shaped song: per bar t-, then onsets o- with i- and p- d- v- notes, then b-1."""
+    rng = random.Random(seed)
+    d = task.dictionary
+    ids = [d.eos()]
+    while len(ids) < num_tokens + 1:
+        n = max(8, int(rng.gauss(bar_tokens, bar_tokens / 5)))
+        bar = [f"t-{rng.randint(30, 40)}"]
+        onset = 0
+        while len(bar) < n - 5 and onset < 47:
+            bar += [f"o-{onset}", f"i-{rng.choice((0, 25, 43, 48, 80, 128))}"]
+            for _ in range(rng.randint(1, 4)):
+                bar += [f"p-{rng.randint(40, 90)}", f"d-{rng.randint(0, 30)}", f"v-{rng.randint(10, 25)}"]
+            onset += rng.randint(1, 3)
+        ids += [d.index(t) for t in bar] + [task.bar_token]
+    return torch.tensor(ids[: num_tokens + 1])
+
+
+def sample_step(logits: torch.Tensor, generator: torch.Generator, top_k: int = 8) -> int:
+    """Top-k sampling of the next token (computed and discarded: the song's token is fed instead)."""
+    kth = torch.topk(logits, top_k).values[-1]
+    probs = torch.softmax(logits.masked_fill(logits < kth, float("-inf")), dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@torch.no_grad()
+def run_cached(model, song: torch.Tensor, marks, window: int):
+    """One cached pass over ``song``; returns (total seconds, {context: tokens/s over `window` steps after it})."""
+    from museformer_plugin.incremental import forward_incremental
+
+    gen = torch.Generator().manual_seed(0)
+    state: dict = {}
+    times = []
+    start = time.perf_counter()
+    for t in range(song.numel()):
+        t0 = time.perf_counter()
+        logits = forward_incremental(model.decoder, song[None, : t + 1], state)[0][0, -1]
+        sample_step(logits, gen)
+        times.append(time.perf_counter() - t0)
+    total = time.perf_counter() - start
+    rates = {m: window / sum(times[m : m + window]) for m in marks if m + window <= len(times)}
+    return total, rates
+
+
+@torch.no_grad()
+def run_full(model, song: torch.Tensor, context: int, steps: int) -> float:
+    """Tokens/s of recomputing the whole prefix (context, context + 1, ...) at every step."""
+    gen = torch.Generator().manual_seed(0)
+    model(song[None, :context])  # burn-in (allocator, first-call overhead)
+    t0 = time.perf_counter()
+    for s in range(steps):
+        logits = model(song[None, : context + s + 1])[0][0, -1]
+        sample_step(logits, gen)
+    return steps / (time.perf_counter() - t0)
+
+
+def machine() -> str:
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+        return f"{fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} CPUs"
+    except OSError:
+        return platform.processor()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--contexts", default="1024,4096,8192", help="context lengths in tokens (comma-separated)")
+    p.add_argument("--window", type=int, default=200, help="cached steps timed after each context length")
+    p.add_argument("--full-steps", type=int, default=3, help="full-recompute steps timed at each context length")
+    p.add_argument("--bar-tokens", type=int, default=137, help="mean tokens per bar of the synthetic song")
+    p.add_argument("--headline", type=int, default=0,
+                   help="also time a whole song of this many tokens with the cached decoder (0 = skip)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    contexts = [int(c) for c in args.contexts.split(",")]
+    model, task = build_model("sparse", args.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"# {machine()}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; museformer_lm {n_params:,} parameters")
+
+    length = max(contexts) + args.window
+    song = synthetic_song(task, length, args.bar_tokens, args.seed)
+    _, rates = run_cached(model, song, contexts, args.window)
+    print("| context (tokens) | cached tokens/s | full-recompute tokens/s | speed-up |")
+    print("|---|---|---|---|")
+    results = {}
+    for c in contexts:
+        full = run_full(model, song, c, args.full_steps)
+        results[c] = (rates[c], full)
+        print(f"| {c} | {rates[c]:.1f} | {full:.2f} | {rates[c] / full:.0f}x |", flush=True)
+    if len(contexts) > 1:
+        lo, hi = contexts[0], contexts[-1]
+        print(f"# cached tokens/s at {hi} / at {lo}: {results[hi][0] / results[lo][0]:.2f}")
+    if args.headline:
+        song = synthetic_song(task, args.headline, args.bar_tokens, args.seed + 1)
+        bars = int(song.eq(task.bar_token).sum())
+        total, _ = run_cached(model, song, [], args.window)
+        print(f"# headline: {args.headline} tokens ({bars} bars) in {total:.1f} s = {total / 60:.2f} min "
+              f"({args.headline / total:.1f} tokens/s)")
+
+
+if __name__ == "__main__":
+    main()
