@@ -10,7 +10,6 @@ attention with the feature map φ(x) = elu(x) + 1, computed with causal prefix s
 Reads in build order: causal_linear_attention (the maths) → LinearAttention → LinearDecoderLayer →
 LinearDecoder → MuseformerLinearLM → named sizes.
 """
-from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
@@ -49,10 +48,6 @@ class MuseformerLinearLMConfig(FairseqDataclass):
     )
     linear_eps: float = field(
         default=1e-6, metadata={"help": "added to the linear-attention normaliser φ(q)·Σφ(k) to avoid 0/0"}
-    )
-    beat_mask_ts: bool = field(
-        default=II("task.beat_mask_ts"),
-        metadata={"help": "beat-id rule used when beat ids are derived from tokens; copied from the task"},
     )
     max_target_positions: Optional[int] = II("task.tokens_per_sample")
 
@@ -156,17 +151,16 @@ class LinearDecoder(FairseqDecoder):
     A plain FairseqDecoder: fairseq's generator re-runs it over the whole prefix at each step (correct, not fast).
     """
 
-    def __init__(self, cfg: MuseformerLinearLMConfig, dictionary, bar_token: int):
+    def __init__(self, cfg: MuseformerLinearLMConfig, dictionary, bar_token: int, beat_mask_ts: bool = False):
         super().__init__(dictionary)
         d = cfg.decoder_embed_dim
         self.cfg = cfg
         self.bar_token = bar_token
         self.pad = dictionary.pad()
         self.embed_scale = math.sqrt(d)
-        if not isinstance(cfg.beat_mask_ts, bool):
-            raise ValueError(f"beat_mask_ts must be a bool (normally copied from the task), got {cfg.beat_mask_ts!r}")
+        # Beat ids for inputs that come without them (inference), with the task's rule; rebuilt from dict.txt.
         self.register_buffer(
-            "beat_lut", build_beat_lut(dictionary.symbols, dictionary.nspecial, cfg.beat_mask_ts), persistent=False
+            "beat_lut", build_beat_lut(dictionary.symbols, dictionary.nspecial, beat_mask_ts), persistent=False
         )
         self.embed_tokens = nn.Embedding(len(dictionary), d, padding_idx=self.pad)
         self.input_proj = nn.Linear(d + cfg.bar_embed_dim + cfg.beat_embed_dim, d)
@@ -219,8 +213,10 @@ class MuseformerLinearLM(FairseqLanguageModel):
 
     @classmethod
     def build_model(cls, cfg: MuseformerLinearLMConfig, task):
+        # The beat-id rule comes from the task (--beat-mask-ts), as in museformer_lm, so derived ids match the data's.
         dictionary = task.target_dictionary
-        return cls(LinearDecoder(cfg, dictionary, bar_index(dictionary)))
+        beat_mask_ts = bool(getattr(task.cfg, "beat_mask_ts", False))
+        return cls(LinearDecoder(cfg, dictionary, bar_index(dictionary), beat_mask_ts))
 
 
 # register_model already made the arch "museformer_linear_lm" (= the dataclass defaults, the paper's size).

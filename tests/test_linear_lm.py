@@ -61,7 +61,7 @@ def tiny_model(tmp_path_factory):
     write_dict(data_dir / "dict.txt", dict_symbols())
     task = make_task(data_dir)
     cfg = MuseformerLinearLMConfig(decoder_layers=2, decoder_embed_dim=32, decoder_ffn_embed_dim=64,
-                                   decoder_attention_heads=4, linear_chunk_size=8, beat_mask_ts=False,
+                                   decoder_attention_heads=4, linear_chunk_size=8,
                                    max_target_positions=4096)
     torch.manual_seed(0)
     return task, MuseformerLinearLM.build_model(cfg, task).eval()
