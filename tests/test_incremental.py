@@ -111,7 +111,7 @@ def test_batch_with_different_prompt_lengths(task, padding):
     """A padded batch of prompts (prefill in one call), then one column per call; each row = its song alone."""
     model = make_model(task, impl="sparse", seed=1)
     pad = task.dictionary.pad()
-    songs = [random_song(task, n, seed=10 + i) for i, n in enumerate((90, 120, 70))]
+    songs = [random_song(task, n, seed=10 + i) for i, n in enumerate((90, 120, 100))]
     prompt_lens = [1, 37, 23]  # BOS only, a long prompt, a medium one
     width = max(prompt_lens)
     prompts = torch.full((3, width), pad)
