@@ -20,6 +20,8 @@ from . import split as split_mod
 from .split import CONFIG_NAME, MANIFEST_NAME, SPLITS
 
 MIDI_SUFFIXES = (".mid", ".midi")
+TOKENIZER_FIELDS = ("encoding", "instruments", "positions_per_beat", "normalize_pitch", "pitch_weighting",
+                    "remove_empty_bars", "ignore_ts")  # the TokenizerConfig fields that have a flag
 EXAMPLES = """\
 examples:
   museformer-prep corpus music21 demo_out/midi --subset bach
@@ -276,10 +278,10 @@ def cmd_split(args) -> int:
 def run_binarize(args, split_dir: Path, dest_dir: Path, cfg=None) -> int:
     from .binarize import binarize
 
-    if cfg is None and args.dict is None:
-        cfg = tokenizer_config(args, stored_config(split_dir))
-    elif cfg is None and stored_config(split_dir) is not None:
-        cfg = tokenizer_config(args, stored_config(split_dir))  # record it even with --dict
+    stored = stored_config(split_dir)
+    flags_given = any(getattr(args, f, None) is not None for f in TOKENIZER_FIELDS)
+    if cfg is None and (args.dict is None or stored is not None or flags_given):
+        cfg = tokenizer_config(args, stored)  # with --dict too, so that tokenizer.json records the config
     print(f"binarise {split_dir} -> {dest_dir} with fairseq-preprocess ({args.workers} workers)")
     result = binarize(split_dir, dest_dir, cfg=cfg, dict_path=args.dict, workers=args.workers,
                       allow_unk=args.allow_unk)
