@@ -110,12 +110,13 @@ def load_model(checkpoint: str, data_dir: str, device: str = "cpu"):
     """(model in eval mode, task) from a fairseq checkpoint, with the dictionary of ``data_dir``."""
     from fairseq import checkpoint_utils
     from fairseq.data import Dictionary
+    from fairseq.dataclass.utils import overwrite_args_by_name
 
     from . import model as _model  # noqa: F401  (registers the museformer_lm model)
     from . import task as _task  # noqa: F401  (registers the museformer_lm task)
 
     try:
-        state = checkpoint_utils.load_checkpoint_to_cpu(checkpoint, arg_overrides={"data": data_dir})
+        state = checkpoint_utils.load_checkpoint_to_cpu(checkpoint)
     except Exception as err:  # a corrupt or foreign file: say which, without a traceback
         raise SampleError(f"cannot read checkpoint {checkpoint}: {type(err).__name__}: {err}".splitlines()[0]) from None
     cfg = state.get("cfg")
@@ -129,6 +130,13 @@ def load_model(checkpoint: str, data_dir: str, device: str = "cpu"):
         raise SampleError(
             f"{checkpoint} was trained with a vocabulary of {size} symbols but {data_dir}/dict.txt has "
             f"{len(dictionary)}: pass the data directory the model was trained on")
+    trained_on = str(cfg.task.get("data") or "").split(":")[0]  # the training data dir, if it still exists
+    if trained_on and os.path.isfile(os.path.join(trained_on, "dict.txt")):
+        other = Dictionary.load(os.path.join(trained_on, "dict.txt"))
+        if other.symbols != dictionary.symbols:
+            raise SampleError(f"{data_dir}/dict.txt differs from {trained_on}/dict.txt, the dictionary {checkpoint} "
+                              "was trained with: pass that data directory")
+    overwrite_args_by_name(cfg, {"data": data_dir})
     models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
         [checkpoint], arg_overrides={"data": data_dir}, state=state)
     model = models[0].to(device).eval()
