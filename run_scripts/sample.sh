@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Sample pieces from a trained Museformer with the KV-cached decoder and write MIDI + token files.
+#
+# Usage:  CHECKPOINT=ckpt.pt DATA_BIN=data-bin/NAME [VAR=value ...] bash run_scripts/sample.sh [extra arguments]
+# Extra arguments go to museformer-sample last, so they override the flags below (see `museformer-sample --help`).
+#
+#   # 4 unconditional pieces with the original's settings (top-k 8, temperature 1, 1,024..20,480 tokens)
+#   CHECKPOINT=checkpoints/museformer/checkpoint_best.pt DATA_BIN=data-bin/lmd6remi bash run_scripts/sample.sh
+#   # continue the first 8 bars of a song, 2 continuations, up to 64 bars, always well-formed REMIGEN
+#   CHECKPOINT=... DATA_BIN=... NUM_SAMPLES=2 bash run_scripts/sample.sh --prompt-midi song.mid --prompt-bars 8 \
+#       --max-bars 64 --grammar-mask
+#
+# Variables:
+#   CHECKPOINT               fairseq checkpoint of a museformer_lm model (required)
+#   DATA_BIN                 the data dir the model was trained on: dict.txt + tokenizer.json (required)
+#   OUT=samples              output folder (sample_NNN.mid, sample_NNN.txt)
+#   NUM_SAMPLES=4            pieces to generate
+#   BATCH_SIZE=1             pieces sampled together
+#   TOP_K=8                  top-k sampling (the original's value)
+#   TEMPERATURE=1.0          softmax temperature
+#   MIN_TOKENS=1024          no end of song before this many tokens (the original's --min-len)
+#   MAX_TOKENS=20480         longest piece in tokens (the original's --max-len-b)
+#   SEED=1                   random seed: the same seed gives the same pieces
+#   DEVICE=cpu               cpu | cuda
+#   THREADS=1                OMP_NUM_THREADS: one thread is usually fastest for batch 1 on a busy CPU
+set -euo pipefail
+
+CHECKPOINT=${CHECKPOINT:?set CHECKPOINT=path/to/checkpoint.pt}
+DATA_BIN=${DATA_BIN:?set DATA_BIN=data-bin/NAME (the data dir the model was trained on)}
+OUT=${OUT:-samples}
+NUM_SAMPLES=${NUM_SAMPLES:-4}
+BATCH_SIZE=${BATCH_SIZE:-1}
+TOP_K=${TOP_K:-8}
+TEMPERATURE=${TEMPERATURE:-1.0}
+MIN_TOKENS=${MIN_TOKENS:-1024}
+MAX_TOKENS=${MAX_TOKENS:-20480}
+SEED=${SEED:-1}
+DEVICE=${DEVICE:-cpu}
+THREADS=${THREADS:-1}
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PYTHON=${PYTHON:-python}
+[ -x "$REPO_ROOT/.venv/bin/python" ] && PYTHON="$REPO_ROOT/.venv/bin/python"
+
+cmd=("$PYTHON" -m museformer_plugin.sample "$CHECKPOINT" --data "$DATA_BIN" --out "$OUT"
+     --num-samples "$NUM_SAMPLES" --batch-size "$BATCH_SIZE" --top-k "$TOP_K" --temperature "$TEMPERATURE"
+     --min-tokens "$MIN_TOKENS" --max-tokens "$MAX_TOKENS" --seed "$SEED" --device "$DEVICE" "$@")
+echo "OMP_NUM_THREADS=$THREADS ${cmd[*]}"
+# PYTHONPATH: the plugin is importable from a plain checkout too (before `pip install -e .`)
+OMP_NUM_THREADS="$THREADS" PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "${cmd[@]}"
