@@ -36,11 +36,13 @@ setup(
         *FAIRSEQ_NEEDS,
     ],
     extras_require={
-        "dev": ["pytest", "hypothesis"],
+        "dev": ["pytest", "hypothesis", "symusic"],  # symusic: the test that both MIDI readers agree
         # the built-in demo corpus: scores bundled with music21, written out as MIDI
         "corpus": ["music21>=9"],
-        # optional faster MIDI reader behind data_prep.midi_io
+        # optional faster MIDI reader behind data_prep.midi_io (`museformer-prep encode --reader symusic`)
         "fast": ["symusic"],
+        # benchmarks/tokenize_vs_miditok.py
+        "bench": ["miditok", "symusic"],
     },
     entry_points={
         "console_scripts": [
