@@ -175,6 +175,104 @@ def plan_blocks(layout: BarLayout, scheme: BarScheme, num_queries: int, num_slot
     return dict(idx=idx, mask=mask, qb=qb, kb=kb, n_sblk=n_sblk, n_rblk=n_rblk)
 
 
+# Elements (heads x queries x gathered keys) of one chunk of query blocks: bounds the temporary memory of the
+# gathered keys/values and of the scores (~16 MiB of fp32 scores per chunk).
+CHUNK_ELEMENTS = 1 << 22
+
+
+class _GatheredBlockAttention(torch.autograd.Function):
+    """softmax(q·kgᵀ masked)·vg over gathered key blocks, computed chunk by chunk of query blocks.
+
+    Like FlashAttention, only the inputs, the output and the row log-sum-exp are kept for backward; the gathered
+    keys/values and the probabilities are rebuilt chunk by chunk in backward. So the memory is O(T) plus one chunk,
+    instead of the (queries x gathered keys) probabilities and the duplicated gathered keys/values that autograd
+    would keep. Dropout masks are regenerated in backward from a per-call seed.
+
+    q (H, B, NQ, QB, D) already scaled; ktab/vtab (H, B * NTAB, KB * D) the key/value table; flat (B, NQ, Kmax)
+    rows of the table; mask bool (B, NQ, QB, Kmax * KB). Returns (H, B, NQ, QB, D).
+    """
+
+    @staticmethod
+    def forward(ctx, q, ktab, vtab, flat, mask, dropout_p, seed):
+        H, B, NQ, QB, D = q.shape
+        kg_len = mask.size(-1)
+        nc = max(1, CHUNK_ELEMENTS // max(1, H * B * QB * kg_len))
+        out = torch.empty_like(q)
+        lse = torch.empty(H, B, NQ, QB, dtype=torch.promote_types(q.dtype, torch.float32), device=q.device)
+        for c0 in range(0, NQ, nc):
+            c1 = min(NQ, c0 + nc)
+            qc, kg, vg = _chunk_inputs(q, ktab, vtab, flat, c0, c1)
+            s = softmax_dtype(torch.matmul(qc, kg.transpose(-1, -2)))  # (H, B, n, QB, Kg)
+            s.masked_fill_(~mask[:, c0:c1], float("-inf"))
+            m = s.amax(-1, keepdim=True)
+            s.sub_(m).exp_()
+            denom = s.sum(-1, keepdim=True)
+            s.div_(denom)
+            lse[:, :, c0:c1] = (m + denom.log()).squeeze(-1)
+            if dropout_p > 0:
+                s.mul_(_keep_mask(s, dropout_p, seed + c0))
+            out[:, :, c0:c1] = torch.matmul(s.to(vg.dtype), vg)
+        ctx.save_for_backward(q, ktab, vtab, flat, mask, out, lse)
+        ctx.dropout_p, ctx.seed, ctx.nc = dropout_p, seed, nc
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, ktab, vtab, flat, mask, out, lse = ctx.saved_tensors
+        dropout_p, seed, nc = ctx.dropout_p, ctx.seed, ctx.nc
+        H, B, NQ, QB, D = q.shape
+        acc = torch.promote_types(q.dtype, torch.float32)
+        dout = dout.contiguous()
+        delta = (dout.to(acc) * out.to(acc)).sum(-1)  # (H, B, NQ, QB): rowsum(dP ∘ P) = rowsum(dO ∘ O)
+        dq = torch.empty_like(q)
+        dktab = torch.zeros(ktab.shape, dtype=acc, device=ktab.device)
+        dvtab = torch.zeros(vtab.shape, dtype=acc, device=vtab.device)
+        for c0 in range(0, NQ, nc):
+            c1 = min(NQ, c0 + nc)
+            qc, kg, vg = _chunk_inputs(q, ktab, vtab, flat, c0, c1)
+            rows = _chunk_rows(flat, c0, c1)
+            doc = dout[:, :, c0:c1]
+            p = softmax_dtype(torch.matmul(qc, kg.transpose(-1, -2)))  # recomputed scores -> probabilities
+            p.masked_fill_(~mask[:, c0:c1], float("-inf"))
+            p.sub_(lse[:, :, c0:c1, :, None]).exp_()
+            dp = softmax_dtype(torch.matmul(doc, vg.transpose(-1, -2)))  # (H, B, n, QB, Kg)
+            if dropout_p > 0:
+                keep = _keep_mask(p, dropout_p, seed + c0)
+                dvg = torch.matmul((p * keep).transpose(-1, -2).to(q.dtype), doc)
+                dp.mul_(keep)
+            else:
+                dvg = torch.matmul(p.transpose(-1, -2).to(q.dtype), doc)  # (H, B, n, Kg, D)
+            dp.sub_(delta[:, :, c0:c1, :, None]).mul_(p)  # dS = P ∘ (dP - delta)
+            ds = dp.to(q.dtype)
+            dq[:, :, c0:c1] = torch.matmul(ds, kg)
+            dkg = torch.matmul(ds.transpose(-1, -2), qc)  # (H, B, n, Kg, D)
+            dktab.index_add_(1, rows, dkg.reshape(H, rows.numel(), -1).to(acc))
+            dvtab.index_add_(1, rows, dvg.reshape(H, rows.numel(), -1).to(acc))
+        return dq, dktab.to(ktab.dtype), dvtab.to(vtab.dtype), None, None, None, None
+
+
+def _chunk_rows(flat, c0, c1):
+    return flat[:, c0:c1].reshape(-1)
+
+
+def _chunk_inputs(q, ktab, vtab, flat, c0, c1):
+    """Query blocks c0:c1 (contiguous) and their gathered keys/values (H, B, n, Kmax * KB, D)."""
+    H, B, _, _, D = q.shape
+    rows = _chunk_rows(flat, c0, c1)
+    n = c1 - c0
+    kg = ktab.index_select(1, rows).view(H, B, n, -1, D)
+    vg = vtab.index_select(1, rows).view(H, B, n, -1, D)
+    return q[:, :, c0:c1].contiguous(), kg, vg
+
+
+def _keep_mask(p, dropout_p, seed):
+    """Dropout keep mask scaled by 1 / (1 - p), reproducible from ``seed`` (forward and backward agree)."""
+    g = torch.Generator(device=p.device)
+    g.manual_seed(seed)
+    keep = torch.rand(p.shape, generator=g, device=p.device, dtype=p.dtype) >= dropout_p
+    return keep.to(p.dtype) / (1.0 - dropout_p)
+
+
 def attend_regular_sparse(q_reg, k_reg, v_reg, k2_sum, v2_sum, layout: BarLayout, scheme: BarScheme,
                           dropout_p=0.0, training=False, block_size: int = 64):
     """Aggregation (spec §2.2 step 5), block-sparse. Same contract as ``attention.attend_regular_dense``.
@@ -197,17 +295,11 @@ def attend_regular_sparse(q_reg, k_reg, v_reg, k2_sum, v2_sum, layout: BarLayout
         tab = torch.cat(parts, dim=2).transpose(0, 1)  # (H, B, n_tab * KB, D)
         return tab.reshape(H, B * n_tab, kb * D)
 
-    flat = (idx + torch.arange(B, device=idx.device)[:, None, None] * n_tab).view(-1)
-    kg = table(k2_sum, k_reg).index_select(1, flat).view(H, B, n_qblk, kmax * kb, D)
-    vg = table(v2_sum, v_reg).index_select(1, flat).view(H, B, n_qblk, kmax * kb, D)
-
+    flat = idx + torch.arange(B, device=idx.device)[:, None, None] * n_tab  # (B, NQ, Kmax) table rows
     q = q_reg.transpose(0, 1) * (1.0 / math.sqrt(D))  # (H, B, Tq, D)
     q = F.pad(q, (0, 0, 0, n_qblk * qb - Tq)).reshape(H, B, n_qblk, qb, D)
-    scores = softmax_dtype(torch.matmul(q, kg.transpose(-1, -2)))  # (H, B, NQ, QB, Kmax * KB)
-    scores = scores.masked_fill(~mask, float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    if training and dropout_p > 0:
-        probs = F.dropout(probs, p=dropout_p)
-    out = torch.matmul(probs.to(vg.dtype), vg)  # (H, B, NQ, QB, D)
-    out = out.reshape(H, B, n_qblk * qb, D)[:, :, :Tq]
+    p = dropout_p if training else 0.0
+    seed = int(torch.randint(0, 2**62, (1,))) if p > 0 else 0  # from the global RNG: torch.manual_seed applies
+    out = _GatheredBlockAttention.apply(q, table(k2_sum, k_reg), table(v2_sum, v_reg), flat, mask, p, seed)
+    out = out.reshape(H, B, n_qblk * qb, D)[:, :, :Tq]  # (H, B, Tq, D)
     return out.transpose(0, 1)  # (B, H, Tq, D)

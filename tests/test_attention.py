@@ -241,7 +241,10 @@ def test_module_sparse_equals_dense(preset):
     unused = {"k2_proj.weight", "v2_proj.weight"} if scheme.coarse is None else set()  # no summary is read
     assert all(g.abs().sum() > 0 for k, g in ga.items() if k not in unused), "every parameter needs a gradient"
     for k in ga:
-        torch.testing.assert_close(gb[k], ga[k], **TOL, msg=lambda m: f"grad of {k}: {m}")
+        # A parameter's gradient sums ~1000 positions with cancellations: its fp32 rounding error scales with the
+        # largest entry, so the absolute tolerance does too (1e-5 of it).
+        atol = 1e-5 * max(1.0, float(ga[k].abs().max()))
+        torch.testing.assert_close(gb[k], ga[k], atol=atol, rtol=1e-5, msg=lambda m: f"grad of {k}: {m}")
 
 
 def test_module_parameters_and_init():
@@ -319,3 +322,22 @@ def test_bf16_and_dropout_run():
     assert not torch.allclose(out, ref)
     (out.sum() + out_sum.sum()).backward()
     assert torch.isfinite(xr.grad).all()
+
+
+def test_sparse_backward_with_dropout_gradcheck():
+    """The hand-written backward of the chunked block attention, dropout included, passes torch's gradcheck."""
+    layout = random_batch(15, max_bars=6, max_bar_len=5, batch=2)
+    scheme = BarScheme.from_args("museformer")
+    T = layout.bar_ids.size(1)
+    plan = attention_sparse.plan_blocks(layout, scheme, T, layout.num_summary_slots, 4)
+    B, NQ, QB, KG = plan["mask"].shape
+    ntab = plan["n_sblk"] + plan["n_rblk"]
+    flat = plan["idx"] + torch.arange(B)[:, None, None] * ntab
+    g = torch.Generator().manual_seed(0)
+    H, D = 2, 3
+    q = torch.randn(H, B, NQ, QB, D, generator=g, dtype=torch.float64, requires_grad=True)
+    ktab = torch.randn(H, B * ntab, plan["kb"] * D, generator=g, dtype=torch.float64, requires_grad=True)
+    vtab = torch.randn(H, B * ntab, plan["kb"] * D, generator=g, dtype=torch.float64, requires_grad=True)
+    for p in (0.0, 0.3):
+        fn = lambda q, k, v: attention_sparse._GatheredBlockAttention.apply(q, k, v, flat, plan["mask"], p, 1234)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (q, ktab, vtab), eps=1e-6, atol=1e-6)
