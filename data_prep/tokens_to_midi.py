@@ -155,8 +155,9 @@ def decode_tokens(
     if not midi.tempo_changes or midi.tempo_changes[0].time > 0:
         midi.tempo_changes.insert(0, miditoolkit.TempoChange(DEFAULT_BPM, 0))
     bar_ts.append((bar_start, cur_bar_ts))  # the last bar, if it has no b-1
+    prev_ts = None
     for start_pos, bts in bar_ts:
-        if not midi.time_signature_changes or bts != prev_ts:
+        if bts != prev_ts:
             midi.time_signature_changes.append(miditoolkit.TimeSignature(bts[0], bts[1], start_pos * ticks_per_pos))
         prev_ts = bts
     midi.instruments = [tracks[k] for k in sorted(tracks)]
