@@ -104,7 +104,8 @@ def test_validate_and_eval_lm_agree_with_training(trained):
     from lm_data import make_task
 
     expected = int(make_task(data_dir, truncate_test=64).load_dataset("test").sizes.sum())
-    assert float(json_records(out)[-1]["valid_wpb"]) == expected
+    stats = [r for r in json_records(out) if "test_wpb" in r][-1]  # keys are prefixed with the subset name
+    assert float(stats["test_wpb"]) == expected
 
 
 def test_checkpoint_loads_in_process(trained):
@@ -134,6 +135,6 @@ def test_checkpoint_loads_in_process(trained):
 def test_resume_continues(trained):
     tmp, data_dir, save_dir, _ = trained
     log = fairseq_cli("train", *train_args(data_dir, save_dir, 36), cwd=tmp)
-    assert re.search(r"loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 30 updates\)", log), log[-3000:]
+    assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 30 updates\)", log), log[-3000:]
     updates = [float(r["train_num_updates"]) for r in json_records(log) if "train_num_updates" in r]
     assert updates and updates[-1] == 36
