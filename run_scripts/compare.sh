@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Train every attention preset with the same size, steps and seed, evaluate them at the same lengths, and write a
+# markdown table: the paper's Table 1 (spec §6.3) at whatever scale you can afford.
+#
+# Usage:  bash run_scripts/compare.sh DATA_BIN [extra fairseq-train arguments for every model]
+#   SIZE=tiny MAX_UPDATE=300 LENGTHS=256,1024 bash run_scripts/compare.sh data-bin/bach
+#   SIZE=paper NPROC=4 MAX_UPDATE=100000 bash run_scripts/compare.sh data-bin/lmd6remi --batch-size 1
+# Every train.sh variable set in the environment (MAX_TOKENS, LR, WARMUP, NPROC, DEVICE, TRUNCATE_TRAIN, ...)
+# applies to every model. A finished run is not retrained (fairseq-train stops at once at MAX_UPDATE), so an
+# interrupted comparison continues where it stopped.
+#
+# Variables:
+#   PRESETS="museformer full recent8 no-coarse linear"   models to compare: --attention-scheme presets of
+#                            museformer_lm, and `linear` = the museformer_linear_lm baseline
+#   SIZE=tiny                tiny (museformer_lm_tiny / museformer_linear_lm_tiny) | paper (4 x 512, spec §4.1)
+#   MAX_UPDATE=2000          training updates per model
+#   SEED=1                   the same seed for every model
+#   LENGTHS=1024,5120,10240  evaluation lengths (tokens)
+#   SPLIT=test               evaluation split
+#   OUT_DIR=runs/compare     one folder per model (checkpoints, logs, ppl.json)
+#   RESULTS_MD=docs/results.md   the markdown table
+#   DEVICE=auto              cpu | cuda | auto, for training and evaluation
+set -euo pipefail
+
+for arg in "$@"; do
+  if [[ "$arg" == "-h" || "$arg" == "--help" ]]; then
+    sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"
+    exit 0
+  fi
+done
+if [[ $# -lt 1 ]]; then
+  echo "usage: bash run_scripts/compare.sh DATA_BIN [extra fairseq-train args] (see --help)" >&2
+  exit 2
+fi
+
+export DATA_BIN="$1"
+shift
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PRESETS="${PRESETS:-museformer full recent8 no-coarse linear}"
+SIZE="${SIZE:-tiny}"
+export MAX_UPDATE="${MAX_UPDATE:-2000}"
+export SEED="${SEED:-1}"
+LENGTHS="${LENGTHS:-1024,5120,10240}"
+SPLIT="${SPLIT:-test}"
+OUT_DIR="${OUT_DIR:-runs/compare}"
+RESULTS_MD="${RESULTS_MD:-docs/results.md}"
+export DEVICE="${DEVICE:-auto}"
+
+case "$SIZE" in
+  tiny) suffix=_tiny ;;
+  paper) suffix= ;;
+  *) echo "compare.sh: SIZE must be tiny or paper; got '$SIZE'" >&2; exit 2 ;;
+esac
+
+runs=()
+for preset in $PRESETS; do
+  if [[ "$preset" == "linear" ]]; then
+    arch="museformer_linear_lm$suffix"; model_args=()
+  else
+    arch="museformer_lm$suffix"; model_args=(--attention-scheme "$preset")
+  fi
+  run_dir="$OUT_DIR/$preset"
+  mkdir -p "$run_dir"
+  echo "=== $preset: train $arch for $MAX_UPDATE updates -> $run_dir"
+  SAVE_DIR="$run_dir" ARCH="$arch" bash "$SCRIPT_DIR/train.sh" "${model_args[@]}" "$@" 2>&1 | tee -a "$run_dir/train.log"
+  echo "=== $preset: perplexity at $LENGTHS"
+  OUT_JSON="$run_dir/ppl.json" SPLIT="$SPLIT" LENGTHS="$LENGTHS" \
+    bash "$SCRIPT_DIR/eval_ppl.sh" "$run_dir/checkpoint_best.pt" "$DATA_BIN" 2>&1 | tee "$run_dir/eval.log"
+  runs+=("$preset=$run_dir")
+done
+
+# The command to record on the results page: this script's settings and every train.sh variable that was set.
+settings=""
+for var in SIZE MAX_UPDATE SEED LENGTHS PRESETS DEVICE NPROC PRECISION MAX_TOKENS BATCH_SIZE UPDATE_FREQ LR WARMUP \
+           TRUNCATE_TRAIN TRUNCATE_VALID SAVE_INTERVAL_UPDATES; do
+  [[ -n "${!var:-}" ]] && settings+="$var=$(printf '%q' "${!var}") "
+done
+cmd_line="${settings}bash run_scripts/compare.sh $(printf '%q ' "$DATA_BIN" "$@")"
+table=(python -m museformer_plugin.compare_table --out "$RESULTS_MD" --command "$cmd_line" "${runs[@]}")
+echo "+ $(printf '%q ' "${table[@]}")"
+PYTHONPATH="$(dirname "$SCRIPT_DIR")${PYTHONPATH:+:$PYTHONPATH}" "${table[@]}"

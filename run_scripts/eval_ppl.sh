@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Perplexity of a checkpoint on the first L tokens of every song, for several L in one run (spec §6.1).
+#
+# Usage:  bash run_scripts/eval_ppl.sh CHECKPOINT DATA_BIN [extra museformer-eval-ppl arguments]
+#   bash run_scripts/eval_ppl.sh checkpoints/museformer/checkpoint_best.pt data-bin/lmd6remi
+#   LENGTHS=256,1024 SPLIT=valid bash run_scripts/eval_ppl.sh ckpt.pt data-bin/demo --batch-size 4
+# Prints a table (loss in bits/token, ppl = 2^loss) and writes JSON {L: {loss, ppl, tokens, songs, ...}}.
+# Same number as `fairseq-validate DATA --task museformer_lm --path CKPT --valid-subset test --truncate-test L`.
+#
+# Variables:
+#   SPLIT=test               split to score (train | valid | test)
+#   LENGTHS=1024,5120,10240  truncation lengths in tokens (the paper's Table 1)
+#   OUT_JSON=<checkpoint dir>/ppl_<split>.json   where the JSON goes
+#   DEVICE=auto              cpu | cuda | auto (cuda when torch sees a GPU)
+#   EVAL_PPL=museformer-eval-ppl   the command (falls back to `python -m museformer_plugin.eval_ppl`)
+set -euo pipefail
+
+for arg in "$@"; do
+  if [[ "$arg" == "-h" || "$arg" == "--help" ]]; then
+    sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"
+    exit 0
+  fi
+done
+if [[ $# -lt 2 ]]; then
+  echo "usage: bash run_scripts/eval_ppl.sh CHECKPOINT DATA_BIN [extra museformer-eval-ppl args] (see --help)" >&2
+  exit 2
+fi
+
+CHECKPOINT="$1"
+DATA_BIN="$2"
+shift 2
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+SPLIT="${SPLIT:-test}"
+LENGTHS="${LENGTHS:-1024,5120,10240}"
+OUT_JSON="${OUT_JSON:-$(dirname "$CHECKPOINT")/ppl_${SPLIT}.json}"
+DEVICE="${DEVICE:-auto}"
+if [[ -z "${EVAL_PPL:-}" ]]; then
+  if command -v museformer-eval-ppl >/dev/null; then
+    EVAL_PPL=museformer-eval-ppl
+  else
+    EVAL_PPL="python -m museformer_plugin.eval_ppl"
+    export PYTHONPATH="$(dirname "$SCRIPT_DIR")${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+fi
+
+device_args=()
+[[ "$DEVICE" == "cpu" ]] && device_args=(--cpu)
+# shellcheck disable=SC2206  # EVAL_PPL may be a command with arguments
+cmd=($EVAL_PPL "$CHECKPOINT" --data "$DATA_BIN" --split "$SPLIT" --lengths "$LENGTHS" --json "$OUT_JSON"
+     "${device_args[@]}" "$@")
+echo "+ $(printf '%q ' "${cmd[@]}")"
+exec "${cmd[@]}"
