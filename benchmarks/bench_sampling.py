@@ -146,7 +146,7 @@ def main(argv=None):
     for c in contexts:
         full = run_full(model, song, c, args.full_steps)
         results[c] = (rates[c], full)
-        print(f"| {c} | {rates[c]:.1f} | {full:.2f} | {rates[c] / full:.0f}x |", flush=True)
+        print(f"| {c} | {rates[c]:.1f} | {full:.4f} ({1 / full:.0f} s per token) | {rates[c] / full:.0f}x |", flush=True)
     if len(contexts) > 1:
         lo, hi = contexts[0], contexts[-1]
         print(f"# cached tokens/s at {hi} / at {lo}: {results[hi][0] / results[lo][0]:.2f}")
