@@ -115,6 +115,13 @@ if [[ ! -f "$DATA_BIN/dict.txt" && "$DRY_RUN" != "1" ]]; then
   exit 2
 fi
 
+for trunc in TRUNCATE_TRAIN TRUNCATE_VALID; do
+  if [[ "$MAX_TOKENS" -lt "${!trunc}" ]]; then
+    echo "train.sh: note: MAX_TOKENS=$MAX_TOKENS < $trunc=${!trunc}: a song longer than MAX_TOKENS stops fairseq with" \
+         "'Sentences lengths should not exceed max_tokens'; set $trunc <= MAX_TOKENS if the data has such songs" >&2
+  fi
+done
+
 args=(
   "$DATA_BIN" --user-dir "$USER_DIR" --task "$TASK" --arch "$ARCH" --criterion "$CRITERION"
   --tokens-per-sample "$TOKENS_PER_SAMPLE" --truncate-train "$TRUNCATE_TRAIN" --truncate-valid "$TRUNCATE_VALID"
