@@ -124,17 +124,19 @@ def worker(conn, method, length, args):
         base_rss = rss_kib("VmRSS")
         step()  # burn-in
         sync()
-        times = []
+        times, cpu_times = [], []
         for _ in range(args.repeats):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             step()
             sync()
             times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
         if args.device.startswith("cuda"):
             peak_mib = (torch.cuda.max_memory_allocated() - base) / 2**20
         else:
             peak_mib = (rss_kib("VmHWM") - base_rss) / 1024
-        conn.send(dict(times=times, peak_mib=peak_mib))
+        conn.send(dict(times=cpu_times if args.clock == "cpu" else times, wall=times, cpu=cpu_times,
+                       peak_mib=peak_mib))
     except Exception as err:  # report, don't hang the parent
         conn.send(dict(error=f"{type(err).__name__}: {err}"))
 
@@ -180,6 +182,8 @@ def main():
                          "fit in memory / take minutes)")
     ap.add_argument("--skip", default="", help="method:length pairs to skip, e.g. fairseq:16384")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
+    ap.add_argument("--clock", default="cpu", choices=["cpu", "wall"],
+                    help="time to report: process CPU time (robust on a shared machine; one thread) or wall clock")
     ap.add_argument("--json", default="", help="also write the raw results to this file")
     args = ap.parse_args()
     if os.environ.get("OMP_NUM_THREADS") != "1":
@@ -200,8 +204,8 @@ def main():
             else:
                 t = res["times"]
                 print(f"{method:8s} L={L:6d}  median {statistics.median(t) * 1e3:9.1f} ms  "
-                      f"(min {min(t) * 1e3:.1f}, max {max(t) * 1e3:.1f})  peak +{res['peak_mib']:.0f} MiB",
-                      flush=True)
+                      f"(min {min(t) * 1e3:.1f}, max {max(t) * 1e3:.1f})  peak +{res['peak_mib']:.0f} MiB  "
+                      f"(wall median {statistics.median(res['wall']) * 1e3:.0f} ms)", flush=True)
     print()
     print_table(results, lengths, methods)
     if args.json:
@@ -223,6 +227,7 @@ def print_table(results, lengths, methods):
     head += ["sparse/sdpa time", "sparse/fairseq time", "sparse/dense time", "sparse/fairseq mem"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
+    scaling = []
     prev = None
     for L in lengths:
         att, comp, S = pair_counts(L)
@@ -240,8 +245,9 @@ def print_table(results, lengths, methods):
                 f"{peak('sparse', L) / peak('fairseq', L):.3f}"]
         print("| " + " | ".join(row) + " |")
         if prev is not None:
-            print(f"  sparse time({L})/time({prev}) = {s / med('sparse', prev):.2f}")
+            scaling.append(f"sparse time({L})/time({prev}) = {s / med('sparse', prev):.2f}")
         prev = L
+    print("\n".join(scaling))
 
 
 if __name__ == "__main__":

@@ -172,12 +172,28 @@ def plan_blocks(layout: BarLayout, scheme: BarScheme, num_queries: int, num_slot
     mask = torch.gather(rows, 3, g_code.expand(-1, -1, qb, -1))  # (B, NQ, QB, Kmax * KB)
     own = (g_code == (qbar0 + nb + 2)[..., None]) & (g_pos <= qpos.view(1, n_qblk, qb, 1))
     mask |= own
-    return dict(idx=idx, mask=mask, qb=qb, kb=kb, n_sblk=n_sblk, n_rblk=n_rblk)
+    return dict(idx=idx, mask=mask, qb=qb, kb=kb, n_sblk=n_sblk, n_rblk=n_rblk, count=count.amax(0).tolist())
+
+
+def _chunks(count, per_key_block):
+    """Split the query blocks into runs [(c0, c1, kmax)]: each run is padded only to ITS largest key-block count
+    (early blocks need few key blocks), and holds at most CHUNK_ELEMENTS score elements (per_key_block = scores
+    per query block and gathered key block)."""
+    out = []
+    c0, kmax = 0, 0
+    for c, k in enumerate(count):
+        k_new = max(kmax, k)
+        if c > c0 and (c + 1 - c0) * k_new * per_key_block > CHUNK_ELEMENTS:
+            out.append((c0, c, kmax))
+            c0, k_new = c, k
+        kmax = k_new
+    out.append((c0, len(count), kmax))
+    return out
 
 
 # Elements (heads x queries x gathered keys) of one chunk of query blocks: bounds the temporary memory of the
-# gathered keys/values and of the scores (~16 MiB of fp32 scores per chunk).
-CHUNK_ELEMENTS = 1 << 22
+# gathered keys/values and of the scores (~8 MiB of fp32 scores per chunk).
+CHUNK_ELEMENTS = 1 << 21
 
 
 class _GatheredBlockAttention(torch.autograd.Function):
@@ -193,17 +209,15 @@ class _GatheredBlockAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, ktab, vtab, flat, mask, dropout_p, seed):
+    def forward(ctx, q, ktab, vtab, flat, mask, dropout_p, seed, chunks):
         H, B, NQ, QB, D = q.shape
-        kg_len = mask.size(-1)
-        nc = max(1, CHUNK_ELEMENTS // max(1, H * B * QB * kg_len))
+        kb = ktab.size(-1) // D
         out = torch.empty_like(q)
         lse = torch.empty(H, B, NQ, QB, dtype=torch.promote_types(q.dtype, torch.float32), device=q.device)
-        for c0 in range(0, NQ, nc):
-            c1 = min(NQ, c0 + nc)
-            qc, kg, vg = _chunk_inputs(q, ktab, vtab, flat, c0, c1)
-            s = softmax_dtype(torch.matmul(qc, kg.transpose(-1, -2)))  # (H, B, n, QB, Kg)
-            s.masked_fill_(~mask[:, c0:c1], float("-inf"))
+        for c0, c1, kc in chunks:
+            qc, kg, vg = _chunk_inputs(q, ktab, vtab, flat, c0, c1, kc)
+            s = softmax_dtype(torch.matmul(qc, kg.transpose(-1, -2)))  # (H, B, n, QB, kc * KB)
+            s.masked_fill_(~mask[:, c0:c1, :, : kc * kb], float("-inf"))
             m = s.amax(-1, keepdim=True)
             s.sub_(m).exp_()
             denom = s.sum(-1, keepdim=True)
@@ -213,27 +227,27 @@ class _GatheredBlockAttention(torch.autograd.Function):
                 s.mul_(_keep_mask(s, dropout_p, seed + c0))
             out[:, :, c0:c1] = torch.matmul(s.to(vg.dtype), vg)
         ctx.save_for_backward(q, ktab, vtab, flat, mask, out, lse)
-        ctx.dropout_p, ctx.seed, ctx.nc = dropout_p, seed, nc
+        ctx.dropout_p, ctx.seed, ctx.chunks = dropout_p, seed, chunks
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, ktab, vtab, flat, mask, out, lse = ctx.saved_tensors
-        dropout_p, seed, nc = ctx.dropout_p, ctx.seed, ctx.nc
+        dropout_p, seed, chunks = ctx.dropout_p, ctx.seed, ctx.chunks
         H, B, NQ, QB, D = q.shape
+        kb = ktab.size(-1) // D
         acc = torch.promote_types(q.dtype, torch.float32)
         dout = dout.contiguous()
         delta = (dout.to(acc) * out.to(acc)).sum(-1)  # (H, B, NQ, QB): rowsum(dP ∘ P) = rowsum(dO ∘ O)
         dq = torch.empty_like(q)
         dktab = torch.zeros(ktab.shape, dtype=acc, device=ktab.device)
         dvtab = torch.zeros(vtab.shape, dtype=acc, device=vtab.device)
-        for c0 in range(0, NQ, nc):
-            c1 = min(NQ, c0 + nc)
-            qc, kg, vg = _chunk_inputs(q, ktab, vtab, flat, c0, c1)
-            rows = _chunk_rows(flat, c0, c1)
+        for c0, c1, kc in chunks:
+            qc, kg, vg = _chunk_inputs(q, ktab, vtab, flat, c0, c1, kc)
+            rows = _chunk_rows(flat, c0, c1, kc)
             doc = dout[:, :, c0:c1]
             p = softmax_dtype(torch.matmul(qc, kg.transpose(-1, -2)))  # recomputed scores -> probabilities
-            p.masked_fill_(~mask[:, c0:c1], float("-inf"))
+            p.masked_fill_(~mask[:, c0:c1, :, : kc * kb], float("-inf"))
             p.sub_(lse[:, :, c0:c1, :, None]).exp_()
             dp = softmax_dtype(torch.matmul(doc, vg.transpose(-1, -2)))  # (H, B, n, QB, Kg)
             if dropout_p > 0:
@@ -248,17 +262,17 @@ class _GatheredBlockAttention(torch.autograd.Function):
             dkg = torch.matmul(ds.transpose(-1, -2), qc)  # (H, B, n, Kg, D)
             dktab.index_add_(1, rows, dkg.reshape(H, rows.numel(), -1).to(acc))
             dvtab.index_add_(1, rows, dvg.reshape(H, rows.numel(), -1).to(acc))
-        return dq, dktab.to(ktab.dtype), dvtab.to(vtab.dtype), None, None, None, None
+        return dq, dktab.to(ktab.dtype), dvtab.to(vtab.dtype), None, None, None, None, None
 
 
-def _chunk_rows(flat, c0, c1):
-    return flat[:, c0:c1].reshape(-1)
+def _chunk_rows(flat, c0, c1, kc):
+    return flat[:, c0:c1, :kc].reshape(-1)
 
 
-def _chunk_inputs(q, ktab, vtab, flat, c0, c1):
-    """Query blocks c0:c1 (contiguous) and their gathered keys/values (H, B, n, Kmax * KB, D)."""
+def _chunk_inputs(q, ktab, vtab, flat, c0, c1, kc):
+    """Query blocks c0:c1 (contiguous) and their first kc gathered key blocks as (H, B, n, kc * KB, D)."""
     H, B, _, _, D = q.shape
-    rows = _chunk_rows(flat, c0, c1)
+    rows = _chunk_rows(flat, c0, c1, kc)
     n = c1 - c0
     kg = ktab.index_select(1, rows).view(H, B, n, -1, D)
     vg = vtab.index_select(1, rows).view(H, B, n, -1, D)
@@ -300,6 +314,7 @@ def attend_regular_sparse(q_reg, k_reg, v_reg, k2_sum, v2_sum, layout: BarLayout
     q = F.pad(q, (0, 0, 0, n_qblk * qb - Tq)).reshape(H, B, n_qblk, qb, D)
     p = dropout_p if training else 0.0
     seed = int(torch.randint(0, 2**62, (1,))) if p > 0 else 0  # from the global RNG: torch.manual_seed applies
-    out = _GatheredBlockAttention.apply(q, table(k2_sum, k_reg), table(v2_sum, v_reg), flat, mask, p, seed)
+    chunks = _chunks(plan["count"], H * B * qb * kb)
+    out = _GatheredBlockAttention.apply(q, table(k2_sum, k_reg), table(v2_sum, v_reg), flat, mask, p, seed, chunks)
     out = out.reshape(H, B, n_qblk * qb, D)[:, :, :Tq]  # (H, B, Tq, D)
     return out.transpose(0, 1)  # (B, H, Tq, D)

@@ -339,5 +339,8 @@ def test_sparse_backward_with_dropout_gradcheck():
     ktab = torch.randn(H, B * ntab, plan["kb"] * D, generator=g, dtype=torch.float64, requires_grad=True)
     vtab = torch.randn(H, B * ntab, plan["kb"] * D, generator=g, dtype=torch.float64, requires_grad=True)
     for p in (0.0, 0.3):
-        fn = lambda q, k, v: attention_sparse._GatheredBlockAttention.apply(q, k, v, flat, plan["mask"], p, 1234)  # noqa: E731
+        chunks = attention_sparse._chunks(plan["count"], 1 << 19)  # several chunks of uneven padding
+        assert len(chunks) > 1
+        fn = lambda q, k, v: attention_sparse._GatheredBlockAttention.apply(  # noqa: E731
+            q, k, v, flat, plan["mask"], p, 1234, chunks)
         assert torch.autograd.gradcheck(fn, (q, ktab, vtab), eps=1e-6, atol=1e-6)
