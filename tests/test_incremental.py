@@ -17,13 +17,8 @@ from museformer_plugin.incremental import META_KEY, NUM_COMPLETE, STATE_KEY, for
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: extra OpenMP threads only add contention on a shared CI machine (docs/stack.md)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny matmuls: extra OpenMP threads only add contention on a shared CI machine (docs/stack.md).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,8 @@ TOK_CFG = TokenizerConfig(instruments="lmd6", ignore_ts=True)
 PLUGIN = str(REPO_ROOT / "museformer_plugin")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: extra OpenMP threads only add contention on a shared CI machine (docs/stack.md)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny matmuls: extra OpenMP threads only add contention on a shared CI machine (docs/stack.md).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_data_dir(path: Path, cfg: TokenizerConfig = TOK_CFG) -> Path:
