@@ -22,12 +22,9 @@
 #   DEVICE=auto              cpu | cuda | auto, for training and evaluation
 set -euo pipefail
 
-for arg in "$@"; do
-  if [[ "$arg" == "-h" || "$arg" == "--help" ]]; then
-    sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"
-    exit 0
-  fi
-done
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+show_help_if_asked "$@"
+use_project_venv
 if [[ $# -lt 1 ]]; then
   echo "usage: bash run_scripts/compare.sh DATA_BIN [extra fairseq-train args] (see --help)" >&2
   exit 2

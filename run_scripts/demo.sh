@@ -20,12 +20,9 @@
 #   WORKERS=2                processes for corpus writing and tokenising
 set -euo pipefail
 
-for arg in "$@"; do
-  if [[ "$arg" == "-h" || "$arg" == "--help" ]]; then
-    sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"
-    exit 0
-  fi
-done
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+show_help_if_asked "$@"
+use_project_venv
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$SCRIPT_DIR")"
@@ -39,10 +36,6 @@ NUM_SAMPLES="${NUM_SAMPLES:-1}"
 SAMPLE_BARS="${SAMPLE_BARS:-16}"
 WORKERS="${WORKERS:-2}"
 
-# Use the project's virtual environment when there is one (make install creates it).
-if [[ -x "$REPO/.venv/bin/python" ]]; then
-  export PATH="$REPO/.venv/bin:$PATH"
-fi
 for tool in python museformer-prep fairseq-train; do
   command -v "$tool" >/dev/null || { echo "demo.sh: '$tool' not found; run \`make install\` first" >&2; exit 2; }
 done

@@ -15,12 +15,9 @@
 #   EVAL_PPL=museformer-eval-ppl   the command (falls back to `python -m museformer_plugin.eval_ppl`)
 set -euo pipefail
 
-for arg in "$@"; do
-  if [[ "$arg" == "-h" || "$arg" == "--help" ]]; then
-    sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"
-    exit 0
-  fi
-done
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+show_help_if_asked "$@"
+use_project_venv
 if [[ $# -lt 2 ]]; then
   echo "usage: bash run_scripts/eval_ppl.sh CHECKPOINT DATA_BIN [extra museformer-eval-ppl args] (see --help)" >&2
   exit 2

@@ -49,13 +49,9 @@
 #   DRY_RUN=0                1 = print the command and exit
 set -euo pipefail
 
-for arg in "$@"; do
-  if [[ "$arg" == "-h" || "$arg" == "--help" ]]; then
-    # Print this header: every comment line from line 2 up to the first non-comment line.
-    sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"
-    exit 0
-  fi
-done
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+show_help_if_asked "$@"
+use_project_venv
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 : "${DATA_BIN:?set DATA_BIN to a binarised data dir made by museformer-prep all (see --help)}"
