@@ -3,7 +3,8 @@
 Not a test. Every (method, length) runs in a forked child process, so that its peak memory is measured alone:
 peak = VmHWM (the process's resident-set high-water mark, /proc/self/status) minus VmRSS right before the first
 forward, i.e. the extra resident memory of one forward + backward (activations kept for backward, gradients and
-temporaries), without the inputs and parameters.
+temporaries), without the inputs and parameters. The child sets glibc's mmap threshold to 64 KiB, so that every
+large tensor is returned to the OS when freed and the resident set follows the live memory of each method alike.
 
 Methods:
   sparse   FineCoarseAttention(impl="sparse"), the paper's bar selection (museformer preset), ~130-token bars
@@ -31,7 +32,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from museformer_plugin.attention import FineCoarseAttention  # noqa: E402
-from museformer_plugin.attention_sparse import plan_blocks  # noqa: E402
+from museformer_plugin import attention_sparse  # noqa: E402
+from museformer_plugin.attention_sparse import plan_bar_blocks  # noqa: E402
 from museformer_plugin.bar_layout import BarLayout, BarScheme, dense_masks  # noqa: E402
 
 METHODS = ("sparse", "dense", "sdpa", "fairseq")
@@ -68,7 +70,7 @@ class CausalSDPA(torch.nn.Module):
         return self.out(y.transpose(1, 2).reshape(B, T, C))
 
 
-def build(method, length, dim, heads, dtype, device):
+def build(method, length, dim, heads, dtype, device, block_size=256):
     """(step function running one forward + backward, description)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, length, dim, generator=g).to(device=device, dtype=dtype).requires_grad_()
@@ -77,10 +79,11 @@ def build(method, length, dim, heads, dtype, device):
         layout = BarLayout(layout.bar_ids.to(device), layout.num_complete_bars.to(device))
         S = layout.num_summary_slots
         xs = torch.randn(1, S, dim, generator=g).to(device=device, dtype=dtype).requires_grad_()
-        m = FineCoarseAttention(dim, heads, impl=method).to(device=device, dtype=dtype)
+        m = FineCoarseAttention(dim, heads, impl=method, block_size=block_size).to(device=device, dtype=dtype)
         scheme = BarScheme.from_args("museformer")
 
         def step():
+            layout.cache.clear()  # a new batch: its block plan is built inside the timed step
             out, out_sum = m(x, xs, layout, scheme)
             (out.float().square().mean() + out_sum.float().square().mean()).backward()
     elif method == "sdpa":
@@ -112,16 +115,45 @@ def rss_kib(field):
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def worker(conn, method, length, args):
+def exact_rss():
+    """Make the resident set track live memory: glibc otherwise raises its mmap threshold after the first large
+    free and keeps later large blocks in its heap, so VmHWM would depend on the allocation history."""
     try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        libc.mallopt(M_MMAP_THRESHOLD, 1 << 16)  # blocks >= 64 KiB: mmap'ed, returned to the OS when freed
+        libc.mallopt(M_TRIM_THRESHOLD, 1 << 16)
+    except OSError:  # not glibc: keep the default allocator behaviour
+        pass
+
+
+def worker(conn, method, length, args, mode):
+    """mode "time": one burn-in step, then ``args.repeats`` timed steps, default allocator.
+    mode "memory": one step with ``exact_rss()``; its peak extra resident memory (CPU) or allocated memory (CUDA).
+    Two children, because the 64 KiB mmap threshold that makes the resident set exact also makes every large
+    allocation fault its pages in afresh, which would slow down (and so distort) the timed steps."""
+    try:
+        if mode == "memory":
+            exact_rss()
         torch.set_num_threads(1)
+        if args.chunk_waste is not None:
+            attention_sparse.CHUNK_WASTE = args.chunk_waste
         dtype = getattr(torch, args.dtype)
-        step = build(method, length, args.dim, args.heads, dtype, args.device)
-        sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-        if args.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        base_rss = rss_kib("VmRSS")
+        step = build(method, length, args.dim, args.heads, dtype, args.device, args.block_size)
+        cuda = args.device.startswith("cuda")
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
+        if mode == "memory":
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            base_rss = rss_kib("VmRSS")
+            step()
+            sync()
+            peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else (rss_kib("VmHWM") - base_rss) / 1024
+            conn.send(dict(peak_mib=peak))
+            return
         step()  # burn-in
         sync()
         times, cpu_times = [], []
@@ -131,20 +163,15 @@ def worker(conn, method, length, args):
             sync()
             times.append(time.perf_counter() - t0)
             cpu_times.append(time.process_time() - c0)
-        if args.device.startswith("cuda"):
-            peak_mib = (torch.cuda.max_memory_allocated() - base) / 2**20
-        else:
-            peak_mib = (rss_kib("VmHWM") - base_rss) / 1024
-        conn.send(dict(times=cpu_times if args.clock == "cpu" else times, wall=times, cpu=cpu_times,
-                       peak_mib=peak_mib))
+        conn.send(dict(times=cpu_times if args.clock == "cpu" else times, wall=times, cpu=cpu_times))
     except Exception as err:  # report, don't hang the parent
         conn.send(dict(error=f"{type(err).__name__}: {err}"))
 
 
-def run_one(method, length, args):
+def run_child(method, length, args, mode):
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe()
-    p = ctx.Process(target=worker, args=(child, method, length, args))
+    p = ctx.Process(target=worker, args=(child, method, length, args, mode))
     p.start()
     res = parent.recv() if parent.poll(args.timeout) else dict(error=f"timeout after {args.timeout} s")
     p.join(5)
@@ -155,7 +182,7 @@ def run_one(method, length, args):
     return res
 
 
-def pair_counts(length):
+def pair_counts(length, block_size=256, heads=8):
     """(attended pairs / full causal pairs, computed pairs of the sparse path / full causal pairs)."""
     layout = song_layout(length)
     scheme = BarScheme.from_args("museformer")
@@ -163,8 +190,8 @@ def pair_counts(length):
     reg_mask, sum_mask = dense_masks(layout, scheme)
     attended = int(reg_mask.sum()) + int(sum_mask.sum())
     causal = length * (length + 1) // 2
-    plan = plan_blocks(layout, scheme, length, S, 64)
-    computed = plan["mask"].numel()
+    plan = plan_bar_blocks(layout, scheme, length, S, block_size)
+    computed = plan.computed_pairs(per_pair=heads)
     return attended / causal, computed / causal, S
 
 
@@ -173,10 +200,16 @@ def main():
     ap.add_argument("--lengths", default="1024,2048,4096,8192,16384", help="comma-separated sequence lengths")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--repeats", type=int, default=5, help="timed repeats after one burn-in run")
+    ap.add_argument("--repeats", type=int, default=5, help="timed steps after one burn-in step, per round")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every (length, method) this many times in turn, each in a fresh child; the median "
+                         "is over all rounds' steps")
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--block-size", type=int, default=256, help="sparse: longest query block (--block-size)")
+    ap.add_argument("--chunk-waste", type=float, default=None,
+                    help="sparse: padding allowed per chunk (attention_sparse.CHUNK_WASTE; default: its value)")
     ap.add_argument("--dense-max", type=int, default=4096,
                     help="skip the dense reference above this length (its (T, S+T) fp32 scores per head do not "
                          "fit in memory / take minutes)")
@@ -192,28 +225,40 @@ def main():
     methods = args.methods.split(",")
     skip = set(args.skip.split(",")) if args.skip else set()
     results = {}
-    for L in lengths:
-        for method in methods:
-            if (method == "dense" and L > args.dense_max) or f"{method}:{L}" in skip:
-                res = dict(error="skipped")
-            else:
-                res = run_one(method, L, args)
-            results[(method, L)] = res
-            if "error" in res:
-                print(f"{method:8s} L={L:6d}  {res['error']}", flush=True)
-            else:
-                t = res["times"]
-                print(f"{method:8s} L={L:6d}  median {statistics.median(t) * 1e3:9.1f} ms  "
-                      f"(min {min(t) * 1e3:.1f}, max {max(t) * 1e3:.1f})  peak +{res['peak_mib']:.0f} MiB  "
-                      f"(wall median {statistics.median(res['wall']) * 1e3:.0f} ms)", flush=True)
+    for rnd in range(args.rounds):
+        # Rounds interleave the methods over time, so that a slow period of a shared machine hits them all.
+        for L in lengths:
+            for method in methods:
+                if (method == "dense" and L > args.dense_max) or f"{method}:{L}" in skip:
+                    results[(method, L)] = dict(error="skipped")
+                    continue
+                prev = results.get((method, L))
+                if prev is not None and "error" in prev:
+                    continue
+                res = run_child(method, L, args, "time")
+                if "error" not in res and prev is None:
+                    res["peak_mib"] = run_child(method, L, args, "memory").get("peak_mib", math.nan)
+                if prev is not None and "error" not in res:
+                    for key in ("times", "wall", "cpu"):
+                        prev[key] += res[key]
+                    res = prev
+                results[(method, L)] = res
+                if "error" in res:
+                    print(f"{method:8s} L={L:6d}  {res['error']}", flush=True)
+                else:
+                    t = res["times"]
+                    print(f"round {rnd + 1}: {method:8s} L={L:6d}  median {statistics.median(t) * 1e3:9.1f} ms  "
+                          f"(min {min(t) * 1e3:.1f}, max {max(t) * 1e3:.1f}, n={len(t)})  "
+                          f"peak +{res['peak_mib']:.0f} MiB  (wall median {statistics.median(res['wall']) * 1e3:.0f} ms)",
+                          flush=True)
     print()
-    print_table(results, lengths, methods)
+    print_table(results, lengths, methods, args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({f"{m}:{L}": r for (m, L), r in results.items()}, f, indent=1)
 
 
-def print_table(results, lengths, methods):
+def print_table(results, lengths, methods, args):
     def med(m, L):
         r = results.get((m, L), {})
         return statistics.median(r["times"]) if "times" in r else math.nan
@@ -230,7 +275,7 @@ def print_table(results, lengths, methods):
     scaling = []
     prev = None
     for L in lengths:
-        att, comp, S = pair_counts(L)
+        att, comp, S = pair_counts(L, args.block_size, args.heads)
         row = [str(L), str(S + 1), f"{att:.3f}", f"{comp:.3f}"]
         for m in methods:
             r = results.get((m, L), {})

@@ -105,7 +105,7 @@ class FineCoarseAttention(nn.Module):
     """
 
     def __init__(self, embed_dim: int, num_heads: int, attention_dropout: float = 0.0, impl: str = "sparse",
-                 block_size: int = 64):
+                 block_size: int = 256):
         super().__init__()
         if embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
@@ -147,10 +147,12 @@ class FineCoarseAttention(nn.Module):
         return x.view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, D)
 
     def _qkv(self, x, bias):
-        q = self._heads(self.q_proj(x) + bias[0])
-        k = self._heads(self.k_proj(x) + bias[1])
-        v = self._heads(self.v_proj(x) + bias[2])
-        return q, k, v
+        """q, k, v (B, H, L, D) of one stream from ONE matmul with the stream's biases (Wq ‖ Wk ‖ Wv, 3C x C):
+        no separate bias pass, and the backward pass sums the three input gradients inside that matmul."""
+        B, L, _ = x.shape
+        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        qkv = F.linear(x, weight, bias.reshape(-1)).view(B, L, 3, self.num_heads, self.head_dim)
+        return tuple(t.transpose(1, 2) for t in qkv.unbind(2))  # each (B, H, L, D), a view of qkv
 
     def forward(self, x_reg: torch.Tensor, x_sum: torch.Tensor, layout: BarLayout, scheme: BarScheme):
         """x_reg (B, T, C) and x_sum (B, S, C), already layer-normed; S = layout.num_summary_slots.

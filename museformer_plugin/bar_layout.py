@@ -16,7 +16,7 @@ Conventions (batch-first, all tensors on the tokens' device):
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -158,10 +158,13 @@ class BarLayout:
 
     bar_ids:            long (B, T). 0 = prefix (BOS), 1..num_bars = bar index, PAD_BAR (-1) = padding.
     num_complete_bars:  long (B,). Bars that end with ``b-1``; they own summary slots 0..num_complete_bars-1.
+    cache:              derived plans (the sparse attention's query blocks), computed once per layout and shared
+                        by every layer; never compared or printed. A layout is not mutated after it is built.
     """
 
     bar_ids: torch.Tensor
     num_complete_bars: torch.Tensor
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_bars(self) -> int:

@@ -65,7 +65,8 @@ class MuseformerModelConfig(FairseqDataclass):
                   "'None' = no summaries; overrides the preset's coarse part"},
     )
     block_size: int = field(
-        default=64, metadata={"help": "block size in tokens of the sparse attention implementation"}
+        default=256, metadata={"help": "sparse attention: the longest query block in tokens; a block never spans "
+                               "two bars, and a longer bar is cut into equal pieces (speed only, same results)"}
     )
     max_target_positions: Optional[int] = II("task.tokens_per_sample")
 

@@ -57,17 +57,20 @@ def qkv(layout, heads=2, dim=8, seed=0, tq=None):
     return dict(q_reg=r(tq), k_reg=r(T), v_reg=r(T), q_sum=r(S), k_sum=r(S), v_sum=r(S), k2=r(S), v2=r(S))
 
 
-def run_both_steps(t, layout, scheme, impl, block_size=64):
-    """z and aggregation output of one impl, and the gradients of every input for a fixed random cotangent."""
+def run_both_steps(t, layout, scheme, impl, block_size=64, fused=None):
+    """z and aggregation output of one impl, and the gradients of every input for a fixed random cotangent.
+
+    ``fused``: for the sparse impl, True = torch's CPU flash-attention kernel per chunk, False = the explicit
+    matmul + softmax kernel (the one used with dropout and on GPU), None = the default choice."""
     for x in t.values():
         x.grad = None
     if impl == "dense":
         z = attend_summaries_dense(t["q_sum"], t["k_sum"], t["v_sum"], t["k_reg"], t["v_reg"], layout)
         out = attend_regular_dense(t["q_reg"], t["k_reg"], t["v_reg"], t["k2"], t["v2"], layout, scheme)
     else:
-        z = attend_summaries_sparse(t["q_sum"], t["k_sum"], t["v_sum"], t["k_reg"], t["v_reg"], layout)
+        z = attend_summaries_sparse(t["q_sum"], t["k_sum"], t["v_sum"], t["k_reg"], t["v_reg"], layout, fused=fused)
         out = attend_regular_sparse(t["q_reg"], t["k_reg"], t["v_reg"], t["k2"], t["v2"], layout, scheme,
-                                    block_size=block_size)
+                                    block_size=block_size, fused=fused)
     g = torch.Generator().manual_seed(123)
     loss = (out * torch.randn(out.shape, generator=g)).sum() + (z * torch.randn(z.shape, generator=g)).sum()
     loss.backward()
@@ -85,16 +88,58 @@ def assert_same(a, b):
         torch.testing.assert_close(gb[k], ga[k], **TOL, msg=lambda m: f"grad of {k}: {m}")
 
 
+@pytest.mark.parametrize("kernel", ["fused", "explicit"])
 @pytest.mark.parametrize("block_size", [1, 5, 16, 64], ids=lambda b: f"block{b}")
 @pytest.mark.parametrize("preset", PRESETS)
-def test_sparse_equals_dense(preset, block_size):
+def test_sparse_equals_dense(preset, block_size, kernel):
     scheme = BarScheme.from_args(preset)
     for seed in range(2):
         # Block size 1 makes one block per token: keep those songs shorter so the test stays fast.
         layout = random_batch(seed + 10 * block_size, max_bars=60 if block_size > 1 else 25)
         t = qkv(layout, seed=seed)
         assert_same(run_both_steps(t, layout, scheme, "dense"),
-                    run_both_steps(t, layout, scheme, "sparse", block_size))
+                    run_both_steps(t, layout, scheme, "sparse", block_size, fused=kernel == "fused"))
+
+
+@pytest.mark.parametrize("kernel", ["fused", "explicit"])
+def test_long_bars_split_into_blocks(kernel):
+    """Bars of up to 150 tokens are cut into several query blocks (block 64); still equal to the dense result,
+    with several chunks (a small chunk budget) so that per-chunk padding is exercised too."""
+    rng = random.Random(21)
+    songs = [make_song(rng, 9, 150, complete=False), make_song(rng, 5, 150)]
+    layout = make_layout(songs)
+    scheme = BarScheme.from_args("museformer")
+    t = qkv(layout, seed=8)
+    plan = attention_sparse.plan_bar_blocks(layout, scheme, layout.bar_ids.size(1), layout.num_summary_slots, 64)
+    assert max(plan.q_len) <= 64 and len(plan.q_len) > len(songs[0]) // 64
+    budget = attention_sparse.CHUNK_ELEMENTS
+    attention_sparse.CHUNK_ELEMENTS = 1 << 14
+    try:
+        assert len(plan.chunks(2, attention_sparse.CHUNK_ELEMENTS)) > 3
+        assert_same(run_both_steps(t, layout, scheme, "dense"),
+                    run_both_steps(t, layout, scheme, "sparse", 64, fused=kernel == "fused"))
+    finally:
+        attention_sparse.CHUNK_ELEMENTS = budget
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_plan_lists_only_keys_the_block_sees(preset):
+    """Efficiency as a property: every key in a block's list is visible to at least one query of the block (the
+    plan gathers nothing that the block does not attend to), and each real query is in exactly one block."""
+    layout = random_batch(4, max_bars=40, max_bar_len=30)
+    scheme = BarScheme.from_args(preset)
+    B, T = layout.bar_ids.shape
+    plan = attention_sparse.plan_bar_blocks(layout, scheme, T, layout.num_summary_slots, 16)
+    real_q = plan.q_pos < T  # (NBLK, QMAX)
+    real_k = plan.b_thr < attention_sparse.NEVER  # regular keys; listed summaries are visible to every query
+    seen = ((plan.b_thr[:, None, :] <= plan.q_pos[:, :, None]) & real_q[:, :, None]).any(1)  # (NBLK, BMAX)
+    assert torch.equal(seen, real_k)
+    assert real_k.sum(-1).tolist() == plan.b_lens and real_q.sum(-1).tolist() == plan.q_len
+    assert plan.a_len.tolist() == plan.a_lens
+    assert sorted(plan.q_src[real_q].tolist()) == list(range(B * T))
+    assert torch.equal(plan.q_dst[real_q], plan.q_src[real_q]) and bool((plan.q_dst[~real_q] == B * T).all())
+    # ...and that the plan is built once per layout and shared by the layers of a forward pass.
+    assert attention_sparse.plan_bar_blocks(layout, scheme, T, layout.num_summary_slots, 16) is plan
 
 
 @pytest.mark.parametrize("con2con,con2sum", [
@@ -176,17 +221,17 @@ def test_mutation_corrupted_mask_is_detected(monkeypatch):
     scheme = BarScheme.from_args("museformer")
     t = qkv(layout, seed=5)
     ref = run_both_steps(t, layout, scheme, "dense")
-    real_plan = attention_sparse.plan_blocks
+    real_plan = attention_sparse._plan_bar_blocks
 
     def corrupted_plan(*args, **kwargs):
         plan = real_plan(*args, **kwargs)
-        mask = plan["mask"].clone()
-        b, qb, row, col = mask.nonzero()[len(mask.nonzero()) // 2]  # one visible (query, key) pair
-        mask[b, qb, row, col] = False
-        plan["mask"] = mask
+        thr = plan.b_thr.clone()
+        blk, col = (thr == attention_sparse.ALWAYS).nonzero()[len(thr) // 2]  # one key a whole block sees
+        thr[blk, col] = attention_sparse.NEVER
+        plan.b_thr = thr
         return plan
 
-    monkeypatch.setattr(attention_sparse, "plan_blocks", corrupted_plan)
+    monkeypatch.setattr(attention_sparse, "_plan_bar_blocks", corrupted_plan)
     with pytest.raises(AssertionError):
         assert_same(ref, run_both_steps(t, layout, scheme, "sparse", 16))
 
@@ -324,23 +369,24 @@ def test_bf16_and_dropout_run():
     assert torch.isfinite(xr.grad).all()
 
 
-def test_sparse_backward_with_dropout_gradcheck():
-    """The hand-written backward of the chunked block attention, dropout included, passes torch's gradcheck."""
+@pytest.mark.parametrize("kernel,dropout", [("explicit", 0.0), ("explicit", 0.3), ("fused", 0.0)])
+def test_sparse_backward_gradcheck(kernel, dropout):
+    """The hand-written backward of the chunked bar-block attention (both kernels, dropout included) passes
+    torch's gradcheck in float64, over several chunks of uneven padding."""
     layout = random_batch(15, max_bars=6, max_bar_len=5, batch=2)
     scheme = BarScheme.from_args("museformer")
-    T = layout.bar_ids.size(1)
-    plan = attention_sparse.plan_blocks(layout, scheme, T, layout.num_summary_slots, 4)
-    B, NQ, QB, KG = plan["mask"].shape
-    ntab = plan["n_sblk"] + plan["n_rblk"]
-    flat = plan["idx"] + torch.arange(B)[:, None, None] * ntab
+    B, T = layout.bar_ids.shape
+    S = layout.num_summary_slots
+    plan = attention_sparse.plan_bar_blocks(layout, scheme, T, S, 4)
+    chunks = plan.chunks(2, 200)
+    assert len(chunks) > 1
     g = torch.Generator().manual_seed(0)
     H, D = 2, 3
-    q = torch.randn(H, B, NQ, QB, D, generator=g, dtype=torch.float64, requires_grad=True)
-    ktab = torch.randn(H, B * ntab, plan["kb"] * D, generator=g, dtype=torch.float64, requires_grad=True)
-    vtab = torch.randn(H, B * ntab, plan["kb"] * D, generator=g, dtype=torch.float64, requires_grad=True)
-    for p in (0.0, 0.3):
-        chunks = attention_sparse._chunks(plan["count"], 1 << 19)  # several chunks of uneven padding
-        assert len(chunks) > 1
-        fn = lambda q, k, v: attention_sparse._GatheredBlockAttention.apply(  # noqa: E731
-            q, k, v, flat, plan["mask"], p, 1234, chunks)
-        assert torch.autograd.gradcheck(fn, (q, ktab, vtab), eps=1e-6, atol=1e-6)
+
+    def table(rows):
+        return torch.randn(rows, H, D, generator=g, dtype=torch.float64).requires_grad_()
+
+    tables = (table(B * T), table(B * S), table(B * S), table(B * T), table(B * T))  # q, K2, V2, K, V
+    fn = lambda *t: attention_sparse._BarBlockAttention.apply(  # noqa: E731
+        *t, plan, chunks, 0.7, dropout, 1234, kernel == "fused")[:-1]
+    assert torch.autograd.gradcheck(fn, tables, eps=1e-6, atol=1e-6)
