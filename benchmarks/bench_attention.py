@@ -30,7 +30,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from museformer_plugin.attention import FineCoarseAttention  # noqa: E402
 from museformer_plugin import attention_sparse  # noqa: E402
 from museformer_plugin.attention_sparse import plan_bar_blocks  # noqa: E402
@@ -239,9 +239,8 @@ def main():
                 if "error" not in res and prev is None:
                     res["peak_mib"] = run_child(method, L, args, "memory").get("peak_mib", math.nan)
                 if prev is not None and "error" not in res:
-                    for key in ("times", "wall", "cpu"):
-                        prev[key] += res[key]
-                    res = prev
+                    # Concatenate into new lists: "times" may be the very list object of "cpu" or "wall".
+                    res = dict(prev, **{key: prev[key] + res[key] for key in ("times", "wall", "cpu")})
                 results[(method, L)] = res
                 if "error" in res:
                     print(f"{method:8s} L={L:6d}  {res['error']}", flush=True)

@@ -17,6 +17,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import FairseqIncrementalDecoder, FairseqLanguageModel, register_model, register_model_architecture
 from omegaconf import II
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import FineCoarseAttention
 from .bar_layout import SCHEME_PRESETS, BarLayout, BarScheme, build_beat_lut, compute_bar_ids, compute_beat_ids
@@ -67,6 +68,12 @@ class MuseformerModelConfig(FairseqDataclass):
     block_size: int = field(
         default=256, metadata={"help": "sparse attention: the longest query block in tokens; a block never spans "
                                "two bars, and a longer bar is cut into equal pieces (speed only, same results)"}
+    )
+    checkpoint_activations: bool = field(
+        default=False,
+        metadata={"help": "recompute each layer's activations in the backward pass instead of keeping them "
+                  "(as fairseq's transformer_lm option): much less memory per token for long songs, about one "
+                  "more forward pass of compute; same results"},
     )
     max_target_positions: Optional[int] = II("task.tokens_per_sample")
 
@@ -221,8 +228,12 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         x_sum = self.dropout(self.summary_proj(x_sum)).unsqueeze(0).expand(B, S, self.embed_dim)  # (B, S, d)
 
         inner_states = [x_reg]
+        recompute = self.cfg.checkpoint_activations and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            x_reg, x_sum = layer(x_reg, x_sum, layout, self.scheme)
+            if recompute:  # keeps only the layer's inputs; dropout masks are replayed from the saved RNG state
+                x_reg, x_sum = checkpoint(layer, x_reg, x_sum, layout, self.scheme, use_reentrant=False)
+            else:
+                x_reg, x_sum = layer(x_reg, x_sum, layout, self.scheme)
             inner_states.append(x_reg)
         return self.final_norm(x_reg), {"attn": [None], "inner_states": inner_states}
 

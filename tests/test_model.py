@@ -152,3 +152,27 @@ def test_sinusoid_matches_fairseq_table():
         expected = table[ids.clamp(min=0)]
         assert torch.allclose(sinusoid(ids, dim), expected, atol=1e-5)
         assert (sinusoid(ids, dim)[1, 0] == 0).all(), "padding bar id -1 embeds to zeros"
+
+
+def test_checkpoint_activations_same_loss_and_gradients(task, songs):
+    """--checkpoint-activations recomputes each layer in backward: the same loss and parameter gradients as
+    keeping the activations, with dropout and attention dropout on (their masks are replayed), and it keeps
+    less for backward (the layer activations are not saved)."""
+    batch = task.datasets["train"].collater(songs[:3])
+    results = []
+    for ckpt in (False, True):
+        model = make_model(task, impl="sparse", seed=7, dropout=0.1, attention_dropout=0.1,
+                           checkpoint_activations=ckpt).train()
+        saved = []
+        torch.manual_seed(11)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            lprobs = F.log_softmax(model(**batch["net_input"])[0].float(), dim=-1)
+        loss = F.nll_loss(lprobs.view(-1, lprobs.size(-1)), batch["target"].view(-1), reduction="sum",
+                          ignore_index=task.dictionary.pad())
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, sum(saved)))
+    (loss_a, grads_a, saved_a), (loss_b, grads_b, saved_b) = results
+    torch.testing.assert_close(loss_b, loss_a, atol=1e-5, rtol=1e-6)
+    for name, g in grads_a.items():
+        torch.testing.assert_close(grads_b[name], g, atol=1e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+    assert saved_b < saved_a / 2, (saved_b, saved_a)
