@@ -168,18 +168,23 @@ def worker(conn, method, length, args, mode):
         conn.send(dict(error=f"{type(err).__name__}: {err}"))
 
 
-def run_child(method, length, args, mode):
+def run_in_child(target, target_args, timeout):
+    """Run ``target(conn, *target_args)`` in a forked child; its one message (a dict), or an error dict."""
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe()
-    p = ctx.Process(target=worker, args=(child, method, length, args, mode))
+    p = ctx.Process(target=target, args=(child, *target_args))
     p.start()
-    res = parent.recv() if parent.poll(args.timeout) else dict(error=f"timeout after {args.timeout} s")
+    res = parent.recv() if parent.poll(timeout) else dict(error=f"timeout after {timeout} s")
     p.join(5)
     if p.is_alive():
         p.kill()
     if p.exitcode not in (0, None) and "error" not in res:
-        res = dict(error=f"child exited with {p.exitcode}")
+        res = dict(error=f"child exited with {p.exitcode} (killed for memory?)")
     return res
+
+
+def run_child(method, length, args, mode):
+    return run_in_child(worker, (method, length, args, mode), args.timeout)
 
 
 def pair_counts(length, block_size=256, heads=8):

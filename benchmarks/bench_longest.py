@@ -14,7 +14,8 @@ model was built, i.e. parameters + gradients + Adam state + activations + tempor
 ``--checkpoint-activations`` passes that option to both models.
 
 The longest L is found by fitting peak(L) = a + b·L + c·L² (least squares) to the measured points of each model
-and solving peak(L) = budget; ``--verify`` then runs museformer_lm once at 97 % of its predicted limit.
+and solving peak(L) = budget (at least 3 lengths per model); ``--verify`` then runs museformer_lm once at 97 % of
+its predicted limit. A single length (``--models museformer_lm --museformer-lengths 122000``) just measures it.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_longest.py --budget-gib 20 --verify
 """
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing as mp
 import os
 import sys
 import tempfile
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from bench_attention import exact_rss, rss_kib  # noqa: E402
+from bench_attention import exact_rss, rss_kib, run_in_child  # noqa: E402
 from bench_sampling import synthetic_song  # noqa: E402
 
 USER_DIR = str(HERE.parent / "museformer_plugin")
@@ -100,17 +100,7 @@ def worker(conn, arch, length, data, args):
 
 
 def run(arch, length, data, args):
-    ctx = mp.get_context("fork")
-    parent, child = ctx.Pipe()
-    p = ctx.Process(target=worker, args=(child, arch, length, data, args))
-    p.start()
-    res = parent.recv() if parent.poll(args.timeout) else dict(error=f"timeout after {args.timeout} s")
-    p.join(5)
-    if p.is_alive():
-        p.kill()
-    if p.exitcode not in (0, None) and "error" not in res:
-        res = dict(error=f"child exited with {p.exitcode} (killed for memory?)")
-    return res
+    return run_in_child(worker, (arch, length, data, args), args.timeout)
 
 
 def fit_limit(points, budget_mib):
@@ -130,6 +120,7 @@ def fit_limit(points, budget_mib):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budget-gib", type=float, default=20.0, help="memory budget of one training step")
+    ap.add_argument("--models", default=",".join(MODELS), help="which of %s to measure" % (MODELS,))
     ap.add_argument("--museformer-lengths", default="4096,8192,16384,32768", help="song lengths to measure")
     ap.add_argument("--transformer-lengths", default="2048,4096,8192,12288,16384", help="song lengths to measure")
     ap.add_argument("--bar-tokens", type=int, default=134, help="mean tokens per bar of the synthetic song")
@@ -153,7 +144,7 @@ def main():
     lengths = {"museformer_lm": [int(x) for x in args.museformer_lengths.split(",")],
                "transformer_lm": [int(x) for x in args.transformer_lengths.split(",")]}
     results, limits = {}, {}
-    for arch in MODELS:
+    for arch in args.models.split(","):
         points = []
         for L in lengths[arch]:
             res = run(arch, L, data, args)
@@ -164,14 +155,18 @@ def main():
             points.append((L, res["peak_mib"]))
             print(f"{arch:15s} L={L:7d}  peak {res['peak_mib']:9.0f} MiB  step {res['seconds']:7.1f} s  "
                   f"({res['params']:,} parameters)", flush=True)
+        if len(points) < 3:
+            continue
         limit, coef = fit_limit(points, budget)
         limits[arch] = limit
         print(f"{arch}: peak(L) ≈ {coef[0]:.0f} MiB + {coef[1] * 1024:.1f} KiB·L + {coef[2] * 2**20:.2f} B·L²  "
               f"→ {args.budget_gib:g} GiB at L ≈ {limit:,.0f}", flush=True)
-    ratio = limits["museformer_lm"] / limits["transformer_lm"]
-    print(f"\nlongest L in {args.budget_gib:g} GiB: museformer_lm {limits['museformer_lm']:,.0f}, "
-          f"transformer_lm {limits['transformer_lm']:,.0f}, ratio {ratio:.2f}x")
-    if args.verify:
+    ratio = math.nan
+    if len(limits) == 2:
+        ratio = limits["museformer_lm"] / limits["transformer_lm"]
+        print(f"\nlongest L in {args.budget_gib:g} GiB: museformer_lm {limits['museformer_lm']:,.0f}, "
+              f"transformer_lm {limits['transformer_lm']:,.0f}, ratio {ratio:.2f}x")
+    if args.verify and "museformer_lm" in limits:
         L = int(0.97 * limits["museformer_lm"])
         res = run("museformer_lm", L, data, args)
         results[f"verify:museformer_lm:{L}"] = res

@@ -32,6 +32,7 @@ recomputes each chunk in backward, as FlashAttention does: O(T) memory.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import List, Tuple
@@ -49,6 +50,8 @@ ALWAYS = -1  # visibility threshold of keys every query of the block may see
 CHUNK_ELEMENTS = 1 << 22
 # Padding a chunk may add, as a fraction of the (query, key) pairs its blocks really hold.
 CHUNK_WASTE = 0.05
+# torch's fused CPU flash-attention op (and ``_backward``): returns the row log-sum-exp, takes an additive mask.
+_FLASH = "_scaled_dot_product_flash_attention_for_cpu"
 
 
 @dataclass
@@ -230,10 +233,19 @@ def _plan_summary_blocks(layout, num_slots):
     return _make_plan(slot[:, None], q_pos, slot[:, None], b_rows, b_thr, B * S)
 
 
+@functools.lru_cache(maxsize=None)
+def _cpu_flash_ops_take_masks() -> bool:
+    """Whether this torch has the CPU flash-attention op and its backward, with an ``attn_mask`` argument."""
+    try:
+        ops = (getattr(torch.ops.aten, _FLASH), getattr(torch.ops.aten, _FLASH + "_backward"))
+        return all("attn_mask" in str(op.default._schema) for op in ops)
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def fused_kernel_available(q: torch.Tensor, dropout_p: float) -> bool:
     """torch's CPU flash-attention op (fused softmax, returns the log-sum-exp): CPU, no dropout."""
-    return (q.device.type == "cpu" and dropout_p == 0.0
-            and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward"))
+    return q.device.type == "cpu" and dropout_p == 0.0 and _cpu_flash_ops_take_masks()
 
 
 class _Gatherer:
@@ -312,9 +324,6 @@ def _keep_mask(p, dropout_p, seed):
     g.manual_seed(seed)
     keep = torch.rand(p.shape, generator=g, device=p.device, dtype=p.dtype) >= dropout_p
     return keep.to(p.dtype) / (1.0 - dropout_p)
-
-
-_FLASH = "_scaled_dot_product_flash_attention_for_cpu"
 
 
 def _fused_forward(qc, kc_a, vc_a, kc_b, vc_b, masks, scale):
