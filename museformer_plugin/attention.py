@@ -146,12 +146,15 @@ class FineCoarseAttention(nn.Module):
         B, L, _ = x.shape
         return x.view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, D)
 
+    def qkv_weight(self) -> torch.Tensor:
+        """Wq ‖ Wk ‖ Wv (3C x C): one matmul gives q, k and v; with ``*_qkv_bias.reshape(-1)`` as its bias."""
+        return torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+
     def _qkv(self, x, bias):
-        """q, k, v (B, H, L, D) of one stream from ONE matmul with the stream's biases (Wq ‖ Wk ‖ Wv, 3C x C):
-        no separate bias pass, and the backward pass sums the three input gradients inside that matmul."""
+        """q, k, v (B, H, L, D) of one stream from ONE matmul with the stream's biases: no separate bias pass, and
+        the backward pass sums the three input gradients inside that matmul."""
         B, L, _ = x.shape
-        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-        qkv = F.linear(x, weight, bias.reshape(-1)).view(B, L, 3, self.num_heads, self.head_dim)
+        qkv = F.linear(x, self.qkv_weight(), bias.reshape(-1)).view(B, L, 3, self.num_heads, self.head_dim)
         return tuple(t.transpose(1, 2) for t in qkv.unbind(2))  # each (B, H, L, D), a view of qkv
 
     def forward(self, x_reg: torch.Tensor, x_sum: torch.Tensor, layout: BarLayout, scheme: BarScheme):

@@ -276,6 +276,20 @@ def _gatherers(plan, chunks, q, k_a, k_b):
     return _Gatherer(q, 3 * qrows), _Gatherer(k_a, 2 * arows), _Gatherer(k_b, 2 * brows)
 
 
+def _chunk_inputs(plan, gathers, chunk, q, k_a, v_a, k_b, v_b):
+    """Gathered queries (n, H, qm, D), keys/values of both streams and the masks of one chunk (forward and
+    backward read the same); the gather buffers start over for each chunk."""
+    b0, b1, qm, am, bm = chunk
+    n = b1 - b0
+    gq, ga, gb = gathers
+    for g in gathers:
+        g.reset()
+    a_rows, b_rows = plan.a_rows[b0:b1, :am], plan.b_rows[b0:b1, :bm]
+    qc = gq(q, plan.q_src[b0:b1, :qm], n, qm)
+    kv = (ga(k_a, a_rows, n, am), ga(v_a, a_rows, n, am), gb(k_b, b_rows, n, bm), gb(v_b, b_rows, n, bm))
+    return qc, kv, _chunk_masks(plan, b0, b1, qm, am, bm, q.dtype)
+
+
 def _scatter_add(acc, rows, x):
     """acc[rows] += x for x (n, H, length, D) laid out as a gather's output."""
     acc.index_add_(0, rows.reshape(-1), x.transpose(1, 2).reshape(-1, *acc.shape[1:]).to(acc.dtype))
@@ -399,16 +413,11 @@ class _BarBlockAttention(torch.autograd.Function):
     def forward(ctx, q, k_a, v_a, k_b, v_b, plan, chunks, scale, dropout_p, seed, fused):
         H, D = q.shape[1:]
         out = q.new_empty(q.size(0) + 1, H, D)  # every real row is written once; the last row is scratch
-        gq, ga, gb = _gatherers(plan, chunks, q, k_a, k_b)
+        gathers = _gatherers(plan, chunks, q, k_a, k_b)
         lses = []
-        for c, (b0, b1, qm, am, bm) in enumerate(chunks):
-            n = b1 - b0
-            for g in (gq, ga, gb):
-                g.reset()
-            qc = gq(q, plan.q_src[b0:b1, :qm], n, qm)
-            a_rows, b_rows = plan.a_rows[b0:b1, :am], plan.b_rows[b0:b1, :bm]
-            kv = (ga(k_a, a_rows, n, am), ga(v_a, a_rows, n, am), gb(k_b, b_rows, n, bm), gb(v_b, b_rows, n, bm))
-            masks = _chunk_masks(plan, b0, b1, qm, am, bm, q.dtype)
+        for c, chunk in enumerate(chunks):
+            b0, b1, qm = chunk[:3]
+            qc, kv, masks = _chunk_inputs(plan, gathers, chunk, q, k_a, v_a, k_b, v_b)
             if fused:
                 oc, lse = _fused_forward(qc, *kv, masks, scale)
             else:
@@ -428,22 +437,16 @@ class _BarBlockAttention(torch.autograd.Function):
         H, D = q.shape[1:]
         acc = torch.promote_types(q.dtype, torch.float32)
         dq = torch.empty(out.shape, dtype=acc, device=q.device)  # each real row is written once; + scratch row
-        dk_a, dv_a = torch.zeros(k_a.shape, dtype=acc, device=q.device), torch.zeros(v_a.shape, dtype=acc,
-                                                                                     device=q.device)
-        dk_b, dv_b = torch.zeros(k_b.shape, dtype=acc, device=q.device), torch.zeros(v_b.shape, dtype=acc,
-                                                                                     device=q.device)
-        gq, ga, gb = _gatherers(plan, ctx.chunks, q, k_a, k_b)
-        for c, (b0, b1, qm, am, bm) in enumerate(ctx.chunks):
+        dk_a, dv_a, dk_b, dv_b = (torch.zeros(t.shape, dtype=acc, device=q.device) for t in (k_a, v_a, k_b, v_b))
+        gathers = _gatherers(plan, ctx.chunks, q, k_a, k_b)
+        for c, chunk in enumerate(ctx.chunks):
+            b0, b1, qm, am, bm = chunk
             n = b1 - b0
-            for g in (gq, ga, gb):
-                g.reset()
+            qc, kv, masks = _chunk_inputs(plan, gathers, chunk, q, k_a, v_a, k_b, v_b)
             q_dst, a_rows, b_rows = plan.q_dst[b0:b1, :qm], plan.a_rows[b0:b1, :am], plan.b_rows[b0:b1, :bm]
-            qc = gq(q, plan.q_src[b0:b1, :qm], n, qm)
-            oc = gq(out, q_dst, n, qm)
-            doc = gq(dout, q_dst, n, qm)
+            oc = gathers[0](out, q_dst, n, qm)
+            doc = gathers[0](dout, q_dst, n, qm)
             doc.masked_fill_(plan.q_pos[b0:b1, None, :qm, None] == NEVER - 1, 0.0)  # padding queries: no gradient
-            kv = (ga(k_a, a_rows, n, am), ga(v_a, a_rows, n, am), gb(k_b, b_rows, n, bm), gb(v_b, b_rows, n, bm))
-            masks = _chunk_masks(plan, b0, b1, qm, am, bm, q.dtype)
             if ctx.fused:
                 grads = _fused_backward(doc, qc, *kv, oc, ctx.lses[c], masks, scale)
             else:

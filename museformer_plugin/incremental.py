@@ -117,7 +117,7 @@ def _layer_weights(decoder) -> List[dict]:
     for layer in decoder.layers:
         attn = layer.self_attn
         out.append({
-            "qkv_w": torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight], dim=0),
+            "qkv_w": attn.qkv_weight(),
             "qkv_b": attn.reg_qkv_bias.reshape(-1),
             "o_w": attn.out_proj.weight, "o_b": attn.out_proj.bias,
             "ln1": (layer.attn_norm.normalized_shape, layer.attn_norm.weight, layer.attn_norm.bias,

@@ -102,7 +102,7 @@ def test_sparse_equals_dense(preset, block_size, kernel):
 
 
 @pytest.mark.parametrize("kernel", ["fused", "explicit"])
-def test_long_bars_split_into_blocks(kernel):
+def test_long_bars_split_into_blocks(kernel, monkeypatch):
     """Bars of up to 150 tokens are cut into several query blocks (block 64); still equal to the dense result,
     with several chunks (a small chunk budget) so that per-chunk padding is exercised too."""
     rng = random.Random(21)
@@ -112,14 +112,10 @@ def test_long_bars_split_into_blocks(kernel):
     t = qkv(layout, seed=8)
     plan = attention_sparse.plan_bar_blocks(layout, scheme, layout.bar_ids.size(1), layout.num_summary_slots, 64)
     assert max(plan.q_len) <= 64 and len(plan.q_len) > len(songs[0]) // 64
-    budget = attention_sparse.CHUNK_ELEMENTS
-    attention_sparse.CHUNK_ELEMENTS = 1 << 14
-    try:
-        assert len(plan.chunks(2, attention_sparse.CHUNK_ELEMENTS)) > 3
-        assert_same(run_both_steps(t, layout, scheme, "dense"),
-                    run_both_steps(t, layout, scheme, "sparse", 64, fused=kernel == "fused"))
-    finally:
-        attention_sparse.CHUNK_ELEMENTS = budget
+    monkeypatch.setattr(attention_sparse, "CHUNK_ELEMENTS", 1 << 14)
+    assert len(plan.chunks(2, attention_sparse.CHUNK_ELEMENTS)) > 3
+    assert_same(run_both_steps(t, layout, scheme, "dense"),
+                run_both_steps(t, layout, scheme, "sparse", 64, fused=kernel == "fused"))
 
 
 @pytest.mark.parametrize("preset", PRESETS)
