@@ -109,6 +109,8 @@ class FineCoarseAttention(nn.Module):
         super().__init__()
         if embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
+        if block_size < 1:
+            raise ValueError(f"block_size must be at least 1 (tokens per query block), got {block_size}")
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads

@@ -138,6 +138,8 @@ def plan_bar_blocks(layout: BarLayout, scheme: BarScheme, num_queries: int, num_
     (rows ``b * S + j``), stream B = positions (rows ``b * T + t``). Cached on ``layout``: every layer of a
     forward pass asks for the same plan.
     """
+    if block_size < 1:
+        raise ValueError(f"block_size must be at least 1 (tokens per query block), got {block_size}")
     key = ("aggregation", scheme, num_queries, num_slots, block_size)
     return _cached(layout, key, lambda: _plan_bar_blocks(layout, scheme, num_queries, num_slots, block_size))
 

@@ -386,3 +386,17 @@ def test_sparse_backward_gradcheck(kernel, dropout):
     fn = lambda *t: attention_sparse._BarBlockAttention.apply(  # noqa: E731
         *t, plan, chunks, 0.7, dropout, 1234, kernel == "fused")[:-1]
     assert torch.autograd.gradcheck(fn, tables, eps=1e-6, atol=1e-6)
+
+
+def test_bad_arguments_are_refused():
+    """A block size below 1 and a forced fused kernel where it cannot run give a clear ValueError."""
+    with pytest.raises(ValueError, match="block_size must be at least 1"):
+        FineCoarseAttention(16, 2, block_size=0)
+    layout = random_batch(16, max_bars=5)
+    scheme = BarScheme.from_args("museformer")
+    t = qkv(layout, seed=9)
+    args = (t["q_reg"], t["k_reg"], t["v_reg"], t["k2"], t["v2"], layout, scheme)
+    with pytest.raises(ValueError, match="block_size must be at least 1"):
+        attend_regular_sparse(*args, block_size=0)
+    with pytest.raises(ValueError, match="fused CPU attention kernel needs"):
+        attend_regular_sparse(*args, dropout_p=0.1, training=True, fused=True)
