@@ -145,6 +145,21 @@ class BarScheme:
             coarse = parse_range_command(con2sum)
         return cls(fine, coarse)
 
+    def max_fine_distance(self) -> Optional[int]:
+        """How many bars back the fine (token-level) selection reaches at most; None when unbounded (``full``).
+
+        The cached decoder drops the tokens of older bars: no later token reads them token by token.
+        """
+        if self.fine is None:
+            return 0
+        reach = 0
+        for item in self.fine:
+            lo = item if isinstance(item, int) else item[0]
+            if lo is None:
+                return None
+            reach = max(reach, -lo)
+        return reach
+
     def matrices(self, num_bars: int, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
         """(fine, coarse), each bool (num_bars + 1, num_bars + 1). A bar selected by both is seen token by token."""
         fine = selection_matrix(self.fine, num_bars, device)

@@ -1,9 +1,16 @@
 """KV-cached incremental FC-Attention decoding: one new token per sample costs O(fine tokens + summaries).
 
 The original re-ran the whole model over the whole prefix at every generation step (spec §7). Here every layer
-keeps a cache, stored in fairseq's ``incremental_state`` (so ``SequenceGenerator`` and its beam reorder work):
+keeps a cache, stored in fairseq's ``incremental_state`` (so ``SequenceGenerator`` and its beam reorder work).
+The maths is the layer modules' own (``embed_regular`` / ``embed_summaries``, ``FineCoarseAttention.project`` /
+``summary_kv`` / ``out_proj``, ``MuseformerDecoderLayer.ffn``, ``attention.window.attend_window``); this module
+only decides which keys each new token sees.
 
-* ``k{l}``/``v{l}`` (B, H, cap, D): the regular keys/values of every processed position (the BOS is position 0).
+* ``k{l}``/``v{l}`` (B, H, cap, D): the *store* of regular keys/values that a future token may still read token by
+  token: the BOS (slot 0) and the positions from ``KEEP_FROM`` on (slot = position - ``BASE``). With a bounded
+  bar selection (the paper's: at most 32 bars back) older bars are dropped (the *lean* cache): a bar is compacted
+  away when the store would otherwise grow, so the store holds about the last ``max fine distance`` bars and
+  memory grows with the summaries only. ``full`` attention keeps everything.
 * ``s_k{l}``/``s_v{l}`` (B, H, S, D): K2 = Z·Wk2 and V2 = Z·Wv2 of every *complete* bar (slot j = bar j + 1).
   A bar's summary is computed ONCE, in the step that processes its ``b-1``: the summary token goes through all
   layers exactly as in the full forward (LN1 → q/k/v with the summary biases → one softmax over [its own key |
@@ -11,39 +18,37 @@ keeps a cache, stored in fairseq's ``incremental_state`` (so ``SequenceGenerator
   of bar b is first needed by bar b + 3 (spec §2.4), so it is always ready in time.
 * ``w_k{l}``/``w_v{l}`` (B, H, wcap, D): the *window* of the current bar, i.e. exactly the keys a token of this bar
   may see (spec §2.2 step 5): [K2/V2 of its coarse bars | BOS | regular keys of its fine bars | its own bar so
-  far]. The window is rebuilt by one gather when a sample enters a new bar (once per bar) and the new token's
-  key/value is appended to it at every step, so a step never gathers and never touches coarse bars' tokens. The
-  query of the new token then runs one softmax over the window (the causal part is implicit: the window holds
-  only the own bar's tokens up to the new one).
+  far]. It is rebuilt by one gather when a sample enters a new bar (once per bar) and the new token's key/value is
+  appended at every step, so a step never gathers. The new query runs one softmax over the window (causality is
+  implicit: the window holds only the own bar's tokens up to the new one).
 
-Per-sample bookkeeping (CPU long tensor ``meta`` (B, NUM_META) and bar spans (B, nbars)) gives each sample its own
-length, so a batch may hold prompts of different lengths. Bar and beat ids of the new token come from the shared
-``bar_layout`` definitions (``BarLayout.append``, ``compute_beat_ids`` with the decoder's beat LUT), so the
-embeddings equal the full forward's. Buffers grow by doubling (amortised O(1) per step, no cat per step).
+Per-sample bookkeeping (CPU long tensor ``meta`` (B, NUM_META) and bar spans (B, nbars), in positions) gives each
+sample its own length, so a batch may hold prompts of different lengths. Bar and beat ids of the new token come
+from the shared ``bar_layout`` definitions, so the embeddings equal the full forward's. Buffers grow by doubling.
 
 Calling convention (fairseq's): ``prev_output_tokens`` (B, T) holds the whole sequence so far; the columns not seen
-by an earlier call are processed, one column at a time (the first call may pass a whole prompt: that is the
-prefill). A ``pad`` in a new column means "this sample has no token here" (right- or left-padded prompts): the
-sample is left unchanged and its output repeats its last real position's, so ``out[:, -1]`` is always the
-next-token prediction of every sample.
+by an earlier call are processed. The first call may pass a whole prompt: a right-padded prompt is *prefilled* in
+one full (sparse) forward pass whose per-layer keys, values and summaries fill the cache; any other shape (a
+left-padded prompt) is processed one column at a time. A ``pad`` in a new column means "this sample has no token
+here": the sample is left unchanged and its output repeats its last real position's, so ``out[:, -1]`` is always
+the next-token prediction of every sample.
 """
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
-from .bar_layout import BarLayout, BarScheme, compute_beat_ids
+from .attention.window import attend_window
+from .bar_layout import BarLayout, BarScheme, bar_spans, compute_beat_ids
 
 STATE_KEY = "fc_cache"  # batched tensors: reordered along dim 0 by `reorder`
-META_KEY = "fc_cache_meta"  # unbatched: the number of columns of prev_output_tokens already consumed
+META_KEY = "fc_cache_meta"  # unbatched: columns of prev_output_tokens consumed, per-layer fused weights
 
 # Columns of the per-sample ``meta`` table (CPU long tensor (B, NUM_META)).
-LENGTH, WLEN, OWN_START, LAST_BAR, LAST_CLOSED, NUM_COMPLETE, ONSET_TOK = range(7)
-NUM_META = 7
+LENGTH, WLEN, OWN_START, LAST_BAR, LAST_CLOSED, NUM_COMPLETE, ONSET_TOK, BASE, KEEP_FROM = range(9)
+NUM_META = 9
 
 
 @lru_cache(maxsize=None)
@@ -70,15 +75,16 @@ def _grow(t: torch.Tensor, dim: int, need: int) -> torch.Tensor:
     return out
 
 
-def _empty_state(decoder, batch_size: int, device, dtype) -> Dict[str, torch.Tensor]:
+def _empty_state(decoder, batch_size: int, device, dtype, store_cap: int = 64) -> Dict[str, torch.Tensor]:
     layer0 = decoder.layers[0].self_attn
     H, D = layer0.num_heads, layer0.head_dim
     state: Dict[str, torch.Tensor] = {}
     for i in range(len(decoder.layers)):
-        for name, cap in (("k", 64), ("v", 64), ("w_k", 64), ("w_v", 64), ("s_k", 8), ("s_v", 8)):
+        for name, cap in (("k", store_cap), ("v", store_cap), ("w_k", 64), ("w_v", 64), ("s_k", 8), ("s_v", 8)):
             state[f"{name}{i}"] = torch.zeros(batch_size, H, cap, D, device=device, dtype=dtype)
     meta = torch.zeros(batch_size, NUM_META, dtype=torch.long)
     meta[:, ONSET_TOK] = decoder.dictionary.eos()  # no onset seen yet: a token whose beat LUT entry is 0
+    meta[:, KEEP_FROM] = 1
     state["meta"] = meta
     state["bar_start"] = torch.zeros(batch_size, 16, dtype=torch.long)  # bar id -> first position (CPU)
     state["bar_end"] = torch.zeros(batch_size, 16, dtype=torch.long)  # bar id -> one past its last position
@@ -86,112 +92,42 @@ def _empty_state(decoder, batch_size: int, device, dtype) -> Dict[str, torch.Ten
     return state
 
 
-def _embed(decoder, tokens, bar_ids, beat_ids):
-    """Regular-stream input of the new tokens (B, 1) — the same computation as ``extract_features`` (spec §3)."""
-    from .model import sinusoid  # late import: model.py imports this module
-
-    x = torch.cat([
-        decoder.embed_tokens(tokens) * decoder.embed_scale,
-        sinusoid(bar_ids, decoder.bar_embed_dim),
-        sinusoid(beat_ids, decoder.beat_embed_dim),
-    ], dim=-1)
-    return decoder.dropout(decoder.input_proj(x))  # (B, 1, C)
+def _slot(row, pos: int) -> int:
+    """Store slot of position ``pos`` for a sample whose meta row is ``row`` (the BOS always sits in slot 0)."""
+    return 0 if pos == 0 else pos - row[BASE]
 
 
-def _embed_summary(decoder, bar: int, device):
-    """Summary-stream input of bar ``bar`` (1, C), as in ``extract_features`` (slot bar - 1, summary id 1)."""
-    from .model import sinusoid
-
-    bar_t = torch.tensor([bar], device=device)
-    x = torch.cat([
-        decoder.embed_summary(torch.ones_like(bar_t)) * decoder.embed_scale,
-        sinusoid(bar_t, decoder.bar_embed_dim),
-    ], dim=-1)
-    return decoder.dropout(decoder.summary_proj(x))  # (1, C)
-
-
-def _layer_weights(decoder) -> List[dict]:
-    """Per layer: the fused regular q/k/v projection (one Linear of 3C outputs with the regular-stream biases) and
-    the plain tensors of the other parameters, so a step calls torch functions directly (no Module dispatch)."""
-    out = []
-    for layer in decoder.layers:
-        attn = layer.self_attn
-        out.append({
-            "qkv_w": attn.qkv_weight(),
-            "qkv_b": attn.reg_qkv_bias.reshape(-1),
-            "o_w": attn.out_proj.weight, "o_b": attn.out_proj.bias,
-            "ln1": (layer.attn_norm.normalized_shape, layer.attn_norm.weight, layer.attn_norm.bias,
-                    layer.attn_norm.eps),
-            "ln2": (layer.ffn_norm.normalized_shape, layer.ffn_norm.weight, layer.ffn_norm.bias,
-                    layer.ffn_norm.eps),
-            "fc1": (layer.fc1.weight, layer.fc1.bias), "fc2": (layer.fc2.weight, layer.fc2.bias),
-        })
-    return out
-
-
-def _heads(x, H, D):
-    return x.view(x.size(0), -1, H, D).transpose(1, 2)  # (B, H, L, D)
-
-
-def _ffn(layer, x):
-    return x + layer.dropout(layer.fc2(F.gelu(layer.fc1(layer.ffn_norm(x)))))
-
-
-def _rebuild_window(state, decoder, s: int, bar: int, num_layers: int, scheme: BarScheme) -> int:
-    """Fill sample ``s``'s window for a new ``bar`` with [coarse K2/V2 | BOS | fine bars' K/V]; returns its length.
-
-    ``bar`` 0 is the BOS itself: its window starts empty and the BOS key is appended by the step.
-    """
-    if bar == 0:
-        return 0
-    fine, coarse = _bar_rows(scheme, bar)
-    starts, ends = state["bar_start"][s], state["bar_end"][s]
-    slots = [j - 1 for j in coarse]  # summary slot of bar j; every coarse bar is < bar, hence complete
-    pos: List[int] = [0]  # the BOS prefix: every regular token sees it (spec §2.2 step 5c)
-    for j in fine:
-        pos.extend(range(int(starts[j]), int(ends[j])))
-    n_sum, n = len(slots), len(slots) + len(pos)
-    dev = state["k0"].device
-    slot_idx = torch.tensor(slots, dtype=torch.long, device=dev)
-    pos_idx = torch.tensor(pos, dtype=torch.long, device=dev)
+def _compact(state, num_layers: int, s: int, row) -> None:
+    """Drop sample ``s``'s stored positions before ``KEEP_FROM`` (no future token reads them token by token)."""
+    shift = (row[KEEP_FROM] - 1) - row[BASE]
+    n = row[LENGTH] - row[KEEP_FROM]
+    if shift <= 0:
+        return
     for i in range(num_layers):
-        for w, src_sum, src_reg in (("w_k", "s_k", "k"), ("w_v", "s_v", "v")):
-            win = _grow(state[f"{w}{i}"], 2, n + 1)
-            state[f"{w}{i}"] = win
-            if n_sum:
-                win[s, :, :n_sum] = state[f"{src_sum}{i}"][s].index_select(1, slot_idx)
-            win[s, :, n_sum:n] = state[f"{src_reg}{i}"][s].index_select(1, pos_idx)
-    return n
+        for name in ("k", "v"):
+            store = state[f"{name}{i}"]
+            if n > 0:
+                store[s, :, 1 : 1 + n] = store[s, :, 1 + shift : 1 + shift + n].clone()
+    row[BASE] += shift
 
 
-def _summarise(layer, state, i: int, s: int, h, own_start: int, own_end: int, slot: int, H: int, D: int):
-    """Layer ``i`` of the summary token of sample ``s``'s just-completed bar (spec §2.2 steps 3, 4, 6, 7).
-
-    h (1, C): the summary's input to this layer. Its keys are [own key | the bar's regular keys at this layer],
-    which sit in the window at [own_start, own_end). Caches K2/V2 in slot ``slot``; returns the layer's output.
-    """
-    attn = layer.self_attn
-    a = layer.attn_norm(h)
-    bias = attn.sum_qkv_bias
-    q = (attn.q_proj(a) + bias[0]).view(H, 1, D)
-    k = (attn.k_proj(a) + bias[1]).view(H, 1, D)
-    v = (attn.v_proj(a) + bias[2]).view(H, 1, D)
-    keys = torch.cat([k, state[f"w_k{i}"][s, :, own_start:own_end]], dim=1)  # (H, 1 + Lbar, D)
-    values = torch.cat([v, state[f"w_v{i}"][s, :, own_start:own_end]], dim=1)
-    scores = torch.matmul(q, keys.transpose(-1, -2)).float() * (1.0 / math.sqrt(D))  # (H, 1, 1 + Lbar)
-    z = torch.matmul(torch.softmax(scores, dim=-1).to(values.dtype), values)  # (H, 1, D)
-    z = z.transpose(0, 1).reshape(1, H * D)  # heads concatenated, before Wo
-    state[f"s_k{i}"][s, :, slot] = attn.k2_proj(z).view(H, D)
-    state[f"s_v{i}"][s, :, slot] = attn.v2_proj(z).view(H, D)
-    h = h + layer.dropout(attn.out_proj(z))
-    return _ffn(layer, h)
-
-
-def _ensure_capacity(state, num_layers: int, need_len: int, need_w: int, need_bar: int) -> None:
-    """Grow the position, window and summary buffers (by doubling) so that the step's writes fit."""
-    if state["k0"].size(2) < need_len:
+def _ensure_store(state, num_layers: int, rows, pos: List[int]) -> None:
+    """Room in the store for every sample's position ``pos[s]``: compact the samples that would overflow it, then
+    grow it (doubling) if one still does. Compacting only then keeps its cost amortised O(1) per token."""
+    cap = state["k0"].size(2)
+    if max(_slot(r, p) for r, p in zip(rows, pos)) < cap:
+        return
+    for s, (r, p) in enumerate(zip(rows, pos)):
+        if _slot(r, p) >= cap:
+            _compact(state, num_layers, s, r)
+    top = max(_slot(r, p) for r, p in zip(rows, pos)) + 1
+    if top > cap:
         for i in range(num_layers):
-            state[f"k{i}"], state[f"v{i}"] = _grow(state[f"k{i}"], 2, need_len), _grow(state[f"v{i}"], 2, need_len)
+            state[f"k{i}"], state[f"v{i}"] = _grow(state[f"k{i}"], 2, top), _grow(state[f"v{i}"], 2, top)
+
+
+def _ensure_capacity(state, num_layers: int, need_w: int, need_bar: int) -> None:
+    """Grow the window and summary buffers and the bar tables (by doubling) so that the step's writes fit."""
     if state["w_k0"].size(2) < need_w:
         for i in range(num_layers):
             state[f"w_k{i}"] = _grow(state[f"w_k{i}"], 2, need_w)
@@ -203,15 +139,60 @@ def _ensure_capacity(state, num_layers: int, need_len: int, need_w: int, need_ba
         state["bar_start"], state["bar_end"] = _grow(state["bar_start"], 1, need_bar), _grow(state["bar_end"], 1, need_bar)
 
 
-def _step(decoder, state, weights: List[dict], tokens: torch.Tensor) -> torch.Tensor:
+def _enter_bar(state, decoder, s: int, bar: int, row) -> int:
+    """Sample ``s`` starts (or, after a prefill, continues) ``bar``: set what its store must keep and fill its window
+    with [coarse K2/V2 | BOS | fine bars' K/V]; returns the window length. Bar 0 is the BOS itself: its window
+    starts empty and the BOS key is appended by the step."""
+    if bar == 0:
+        return 0
+    scheme = decoder.scheme
+    reach = scheme.max_fine_distance()
+    if reach is not None and bar - reach >= 1:  # bars before bar - reach are never read token by token again
+        row[KEEP_FROM] = max(row[KEEP_FROM], int(state["bar_start"][s, bar - reach]))
+    fine, coarse = _bar_rows(scheme, bar)
+    starts, ends = state["bar_start"][s], state["bar_end"][s]
+    slots = [j - 1 for j in coarse]  # summary slot of bar j; every coarse bar is < bar, hence complete
+    spans = [(0, 1)] + [(int(starts[j]), int(ends[j])) for j in fine]  # the BOS prefix, then the fine bars
+    pos = torch.cat([torch.arange(a, b) for a, b in spans])
+    idx = torch.where(pos.eq(0), torch.zeros_like(pos), pos - row[BASE])  # store slots
+    n_sum, n = len(slots), len(slots) + len(pos)
+    _ensure_capacity(state, len(decoder.layers), n + 1, 0)
+    dev = state["k0"].device
+    slot_idx = torch.tensor(slots, dtype=torch.long, device=dev)
+    pos_idx = idx.to(dev)
+    for i in range(len(decoder.layers)):
+        for w, src_sum, src_reg in (("w_k", "s_k", "k"), ("w_v", "s_v", "v")):
+            win = state[f"{w}{i}"]
+            if n_sum:
+                win[s, :, :n_sum] = state[f"{src_sum}{i}"][s].index_select(1, slot_idx)
+            win[s, :, n_sum:n] = state[f"{src_reg}{i}"][s].index_select(1, pos_idx)
+    return n
+
+
+def _summarise(decoder, layer, state, i: int, s: int, h, own_start: int, own_end: int, slot: int, qkv_w):
+    """Layer ``i`` of the summary token of sample ``s``'s just-completed bar (spec §2.2 steps 3, 4, 6, 7).
+
+    h (1, 1, C): the summary's input to this layer. Its keys are [own key | the bar's regular keys at this layer],
+    which sit in the window at [own_start, own_end). Caches K2/V2 in slot ``slot``; returns the layer's output.
+    """
+    attn = layer.self_attn
+    q, k, v = attn.project(layer.attn_norm(h), "sum", qkv_w)  # (1, H, 1, D) each
+    keys = torch.cat([k, state[f"w_k{i}"][s : s + 1, :, own_start:own_end]], dim=2)  # (1, H, 1 + Lbar, D)
+    values = torch.cat([v, state[f"w_v{i}"][s : s + 1, :, own_start:own_end]], dim=2)
+    z = attend_window(q, keys, values).transpose(1, 2).reshape(1, 1, attn.embed_dim)  # heads concatenated
+    k2, v2 = attn.summary_kv(z)  # (1, H, 1, D) each
+    state[f"s_k{i}"][s, :, slot] = k2[0, :, 0]
+    state[f"s_v{i}"][s, :, slot] = v2[0, :, 0]
+    return layer.ffn(h + layer.dropout(attn.out_proj(z)))
+
+
+def _step(decoder, state, weights: List[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
     """Process one column ``tokens`` (B,) (pad = inactive sample); returns the final-LN features (B, C)."""
     B = tokens.size(0)
     layers = decoder.layers
     L = len(layers)
-    H, D = layers[0].self_attn.num_heads, layers[0].self_attn.head_dim
-    C = H * D
+    C = decoder.embed_dim
     dev = tokens.device
-    training = decoder.training
     meta = state["meta"]
     tok_cpu = tokens.cpu()
     lut = state["beat_lut"]
@@ -227,56 +208,47 @@ def _step(decoder, state, weights: List[dict], tokens: torch.Tensor) -> torch.Te
 
     rows = meta.tolist()
     pos, bars, act, close = pos_t.tolist(), bar_t.tolist(), active.tolist(), closes.tolist()
-    _ensure_capacity(state, L, max(pos) + 1, 0, max(bars) + 2)
+    _ensure_capacity(state, L, 0, max(bars) + 2)
     for s in range(B):  # entering a new bar (or the BOS): record its start and rebuild the window
         if act[s] and (pos[s] == 0 or bars[s] != rows[s][LAST_BAR]):
             state["bar_start"][s, bars[s]] = pos[s]
-            rows[s][WLEN] = _rebuild_window(state, decoder, s, bars[s], L, decoder.scheme)
+            rows[s][WLEN] = _enter_bar(state, decoder, s, bars[s], rows[s])
             rows[s][OWN_START] = rows[s][WLEN]
+    _ensure_store(state, L, rows, pos)
+    slots = [_slot(r, p) for r, p in zip(rows, pos)]
     wlen = [r[WLEN] for r in rows]
     need_w = max(wlen) + 1
-    _ensure_capacity(state, L, 0, need_w, 0)
-    same_pos = pos[0] if len(set(pos)) == 1 else None
+    _ensure_capacity(state, L, need_w, 0)
+    same_slot = slots[0] if len(set(slots)) == 1 else None
     same_w = wlen[0] if len(set(wlen)) == 1 else None
-    if same_pos is None or same_w is None:
+    if same_slot is None or same_w is None:
         b_idx = torch.arange(B, device=dev)
-        pos_idx, w_idx = torch.tensor(pos, device=dev), torch.tensor(wlen, device=dev)
+        slot_idx, w_idx = torch.tensor(slots, device=dev), torch.tensor(wlen, device=dev)
+    lengths = None if same_w is not None else torch.tensor(wlen, device=dev) + 1  # window keys each query sees
 
-    # The window a query sees: its first wlen + 1 entries (the last one is the new token itself).
-    if same_w is not None:
-        mask = None
-    else:
-        mask = (torch.arange(need_w)[None, :] <= torch.tensor(wlen)[:, None]).to(dev)  # (B, W) True = may attend
-        mask = mask[:, None, None, :]  # (B, 1, 1, W)
-    scale = 1.0 / math.sqrt(D)
-
-    x = _embed(decoder, tokens[:, None], bar_t.to(dev)[:, None], beat_t.to(dev)[:, None])[:, 0]  # (B, C)
+    x = decoder.embed_regular(tokens[:, None], bar_t.to(dev)[:, None], beat_t.to(dev)[:, None])  # (B, 1, C)
     closing = [s for s in range(B) if close[s]]
-    h_sum = {s: _embed_summary(decoder, bars[s], dev) for s in closing}
-    for i, (layer, w) in enumerate(zip(layers, weights)):
-        qkv = F.linear(F.layer_norm(x, *w["ln1"]), w["qkv_w"], w["qkv_b"])  # (B, 3C)
-        q = qkv[:, :C].view(B, H, 1, D)
-        k3, v3 = qkv[:, C : 2 * C].view(B, H, D), qkv[:, 2 * C :].view(B, H, D)
+    h_sum = {s: decoder.embed_summaries(torch.tensor([[bars[s]]], device=dev)) for s in closing}  # (1, 1, C)
+    for i, (layer, qkv_w) in enumerate(zip(layers, weights)):
+        attn = layer.self_attn
+        q, k, v = attn.project(layer.attn_norm(x), "reg", qkv_w)  # (B, H, 1, D) each
         kc, vc, wk, wv = state[f"k{i}"], state[f"v{i}"], state[f"w_k{i}"], state[f"w_v{i}"]
-        if same_pos is not None:
-            kc[:, :, same_pos], vc[:, :, same_pos] = k3, v3
+        k1, v1 = k[:, :, 0], v[:, :, 0]  # (B, H, D)
+        if same_slot is not None:
+            kc[:, :, same_slot], vc[:, :, same_slot] = k1, v1
         else:
-            kc[b_idx, :, pos_idx], vc[b_idx, :, pos_idx] = k3, v3
+            kc[b_idx, :, slot_idx], vc[b_idx, :, slot_idx] = k1, v1
         if same_w is not None:
-            wk[:, :, same_w], wv[:, :, same_w] = k3, v3
+            wk[:, :, same_w], wv[:, :, same_w] = k1, v1
         else:
-            wk[b_idx, :, w_idx], wv[b_idx, :, w_idx] = k3, v3
+            wk[b_idx, :, w_idx], wv[b_idx, :, w_idx] = k1, v1
         for s in closing:  # the bar is now complete at this layer: its summary passes through this layer
-            h_sum[s] = _summarise(layer, state, i, s, h_sum[s], rows[s][OWN_START], wlen[s] + 1, bars[s] - 1, H, D)
-        scores = torch.matmul(q, wk[:, :, :need_w].transpose(-1, -2)).float() * scale  # (B, H, 1, W)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        out = torch.matmul(torch.softmax(scores, dim=-1).to(wv.dtype), wv[:, :, :need_w])  # (B, H, 1, D)
-        out = F.linear(out.view(B, C), w["o_w"], w["o_b"])
-        x = x + (layer.dropout(out) if training else out)
-        h = F.linear(F.gelu(F.linear(F.layer_norm(x, *w["ln2"]), *w["fc1"])), *w["fc2"])
-        x = x + (layer.dropout(h) if training else h)
-    feats = decoder.final_norm(x)  # (B, C)
+            h_sum[s] = _summarise(decoder, layer, state, i, s, h_sum[s], rows[s][OWN_START], wlen[s] + 1,
+                                  bars[s] - 1, qkv_w)
+        out = attend_window(q, wk[:, :, :need_w], wv[:, :, :need_w], lengths)  # (B, H, 1, D)
+        x = x + layer.dropout(attn.out_proj(out.transpose(1, 2).reshape(B, 1, C)))
+        x = layer.ffn(x)
+    feats = decoder.final_norm(x)[:, 0]  # (B, C)
 
     # Commit the step for active samples only; inactive (pad) samples keep their state and last output.
     onset_tok = torch.where(lut[tok_cpu].gt(0), tok_cpu, meta[:, ONSET_TOK]).tolist()
@@ -299,6 +271,66 @@ def _step(decoder, state, weights: List[dict], tokens: torch.Tensor) -> torch.Te
     return state["last_out"]
 
 
+def _is_right_padded(tokens: torch.Tensor, pad: int) -> bool:
+    """True when every row is [BOS] + tokens followed only by padding (what the full forward takes)."""
+    real = tokens.ne(pad)
+    lengths = real.sum(1, keepdim=True)
+    return bool(real[:, 0].all()) and bool(real.eq(torch.arange(tokens.size(1), device=tokens.device) < lengths).all())
+
+
+def _prefill(decoder, tokens: torch.Tensor, weights_dtype) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+    """The cache after a right-padded prompt ``tokens`` (B, T0), from ONE full forward pass (the layers' own
+    sparse path): its per-layer regular keys/values fill the store, its K2/V2 the summaries, and each sample's
+    current bar gets its window. Returns (state, features (B, T0, C), where a padding column repeats the
+    sample's last real position)."""
+    B, T0 = tokens.shape
+    L = len(decoder.layers)
+    sink: list = []
+    feats, _ = decoder.extract_features(tokens, kv_sink=sink)  # (B, T0, C)
+    bar_ids, _ = decoder.layout_ids(tokens)
+    layout = decoder.build_layout(tokens, bar_ids)
+    S = layout.num_summary_slots
+    state = _empty_state(decoder, B, tokens.device, weights_dtype, store_cap=max(64, T0))
+    _ensure_capacity(state, L, 0, max(layout.num_bars, S) + 2)
+    for i, (k_reg, v_reg, k2, v2) in enumerate(sink):
+        state[f"k{i}"][:, :, :T0] = k_reg
+        state[f"v{i}"][:, :, :T0] = v_reg
+        state[f"s_k{i}"][:, :, :S] = k2
+        state[f"s_v{i}"][:, :, :S] = v2
+    start, end = bar_spans(layout)
+    nb1 = start.size(1)
+    state["bar_start"][:, :nb1], state["bar_end"][:, :nb1] = start.cpu(), end.cpu()
+
+    tok_cpu, bar_cpu = tokens.cpu(), bar_ids.cpu()
+    lengths = tokens.ne(decoder.pad).sum(1).cpu()
+    lut = decoder.beat_lut.cpu()
+    rows = state["meta"].tolist()
+    for s in range(B):
+        n = int(lengths[s])
+        r = rows[s]
+        last = int(tok_cpu[s, n - 1])
+        onsets = (lut[tok_cpu[s, :n]] > 0).nonzero().flatten()
+        r[LENGTH], r[LAST_BAR] = n, int(bar_cpu[s, n - 1])
+        r[LAST_CLOSED] = int(last == decoder.bar_token and n > 1)
+        r[NUM_COMPLETE] = int(layout.num_complete_bars[s])
+        r[ONSET_TOK] = int(tok_cpu[s, onsets[-1]]) if onsets.numel() else decoder.dictionary.eos()
+        if r[LAST_BAR] >= 1 and not r[LAST_CLOSED]:  # inside a bar: its window = context + the bar so far
+            n_ctx = _enter_bar(state, decoder, s, r[LAST_BAR], r)
+            own0 = int(state["bar_start"][s, r[LAST_BAR]])
+            own = torch.arange(own0, n, device=tokens.device) - r[BASE]
+            _ensure_capacity(state, L, n_ctx + len(own) + 1, 0)
+            for i in range(L):
+                for w, src in (("w_k", "k"), ("w_v", "v")):
+                    state[f"{w}{i}"][s, :, n_ctx : n_ctx + len(own)] = state[f"{src}{i}"][s].index_select(1, own)
+            r[OWN_START], r[WLEN] = n_ctx, n_ctx + len(own)
+    state["meta"] = torch.tensor(rows, dtype=torch.long)
+    last_col = (lengths - 1).to(tokens.device)
+    col = torch.minimum(torch.arange(T0, device=tokens.device)[None, :], last_col[:, None])  # (B, T0)
+    feats = feats.gather(1, col[:, :, None].expand(-1, -1, feats.size(-1)))
+    state["last_out"] = feats[:, -1]
+    return state, feats
+
+
 def forward_incremental(decoder, prev_output_tokens: torch.Tensor, incremental_state, features_only: bool = False):
     """One cached decoding call of ``MuseformerDecoder`` (used by its ``forward`` when ``incremental_state`` is set).
 
@@ -311,27 +343,29 @@ def forward_incremental(decoder, prev_output_tokens: torch.Tensor, incremental_s
     B, T = prev_output_tokens.shape
     state = decoder.get_incremental_state(incremental_state, STATE_KEY)
     meta_state = decoder.get_incremental_state(incremental_state, META_KEY)
-    if state is None:
-        param = decoder.embed_tokens.weight
-        state = _empty_state(decoder, B, param.device, param.dtype)
-        consumed = 0
-    else:
-        consumed = int(meta_state["consumed"])
-    assert state["meta"].size(0) == B, (
-        f"incremental state holds {state['meta'].size(0)} samples but prev_output_tokens has {B}; "
-        "reorder the state (reorder_incremental_state) when the batch changes")
+    consumed = 0 if state is None else int(meta_state["consumed"])
     assert T > consumed, (
         f"prev_output_tokens has {T} columns but {consumed} were already processed; pass the whole sequence so far "
         "plus at least one new column")
     if meta_state is None or "weights" not in meta_state:
-        meta_state = {"weights": _layer_weights(decoder), "beat_lut": decoder.beat_lut.cpu()}
-    state["beat_lut"] = meta_state["beat_lut"]
-    outs = [_step(decoder, state, meta_state["weights"], prev_output_tokens[:, t]) for t in range(consumed, T)]
-    del state["beat_lut"]
+        meta_state = {"weights": [layer.self_attn.qkv_weight() for layer in decoder.layers],
+                      "beat_lut": decoder.beat_lut.cpu()}
+    param = decoder.embed_tokens.weight
+    if state is None and T > 1 and _is_right_padded(prev_output_tokens, decoder.pad):
+        state, feats = _prefill(decoder, prev_output_tokens, param.dtype)  # the prompt in one pass
+    else:
+        if state is None:
+            state = _empty_state(decoder, B, param.device, param.dtype)
+        assert state["meta"].size(0) == B, (
+            f"incremental state holds {state['meta'].size(0)} samples but prev_output_tokens has {B}; "
+            "reorder the state (reorder_incremental_state) when the batch changes")
+        state["beat_lut"] = meta_state["beat_lut"]
+        outs = [_step(decoder, state, meta_state["weights"], prev_output_tokens[:, t]) for t in range(consumed, T)]
+        del state["beat_lut"]
+        feats = torch.stack(outs, dim=1)  # (B, Tnew, C)
     meta_state["consumed"] = torch.tensor(T)
     decoder.set_incremental_state(incremental_state, STATE_KEY, state)
     decoder.set_incremental_state(incremental_state, META_KEY, meta_state)
-    feats = torch.stack(outs, dim=1)  # (B, Tnew, C)
     extra = {"attn": [None], "inner_states": [feats]}
     if features_only:
         return feats, extra
@@ -339,9 +373,16 @@ def forward_incremental(decoder, prev_output_tokens: torch.Tensor, incremental_s
 
 
 def reorder(decoder, incremental_state, new_order: torch.Tensor):
-    """Select / reorder the cached samples (beam search, finished sentences removed): sample b ← new_order[b]."""
+    """Select / reorder the cached samples (beam search, finished sentences removed): sample b ← new_order[b].
+
+    Free when the order is unchanged (fairseq's SequenceGenerator asks at every step): nothing is copied, so
+    ``fairseq-interactive`` stays O(1) per token in the cache.
+    """
     state = decoder.get_incremental_state(incremental_state, STATE_KEY)
     if state is None:
+        return
+    order_cpu = new_order.cpu()
+    if order_cpu.numel() == state["meta"].size(0) and torch.equal(order_cpu, torch.arange(order_cpu.numel())):
         return
     for name, value in state.items():
         state[name] = value.index_select(0, new_order.to(value.device))
@@ -352,3 +393,10 @@ def cache_bytes(decoder, incremental_state) -> int:
     """Bytes held by the cache (buffers at their current capacity)."""
     state = decoder.get_incremental_state(incremental_state, STATE_KEY) or {}
     return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def stored_positions(decoder, incremental_state) -> List[int]:
+    """Per sample: how many positions the store keeps token by token (BOS included); for tests of the lean cache."""
+    state = decoder.get_incremental_state(incremental_state, STATE_KEY)
+    meta = state["meta"]
+    return [1 + max(0, int(r[LENGTH]) - int(r[KEEP_FROM])) if int(r[LENGTH]) else 0 for r in meta]

@@ -189,11 +189,12 @@ class LinearDecoder(FairseqDecoder):
             beat_ids = compute_beat_ids(src_tokens, self.beat_lut)
         assert bar_ids.shape == (B, T) and beat_ids.shape == (B, T), (
             f"bar_ids {tuple(bar_ids.shape)} / beat_ids {tuple(beat_ids.shape)} must match tokens {(B, T)}")
-        x = torch.cat([
-            self.embed_tokens(src_tokens) * self.embed_scale,
-            sinusoid(bar_ids, self.cfg.bar_embed_dim),
-            sinusoid(beat_ids, self.cfg.beat_embed_dim),
-        ], dim=-1)  # (B, T, d + bar + beat)
+        emb = self.embed_tokens(src_tokens) * self.embed_scale
+        x = torch.cat([  # (B, T, d + bar + beat), in the parameters' dtype (fp16 / bf16 training)
+            emb,
+            sinusoid(bar_ids, self.cfg.bar_embed_dim, emb.dtype),
+            sinusoid(beat_ids, self.cfg.beat_embed_dim, emb.dtype),
+        ], dim=-1)
         x = self.dropout(self.input_proj(x))  # (B, T, d)
         key_valid = src_tokens.ne(self.pad)  # (B, T)
         for layer in self.layers:

@@ -19,12 +19,12 @@ from omegaconf import II
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import FineCoarseAttention
+from .attention import IMPLS, FineCoarseAttention
 from .bar_layout import SCHEME_PRESETS, BarLayout, BarScheme, build_beat_lut, compute_bar_ids, compute_beat_ids
 from .incremental import forward_incremental, reorder
 from .task import bar_index
 
-ATTENTION_IMPL_CHOICES = ChoiceEnum(["dense", "sparse"])
+ATTENTION_IMPL_CHOICES = ChoiceEnum(list(IMPLS))
 ATTENTION_SCHEME_CHOICES = ChoiceEnum(sorted(SCHEME_PRESETS))
 
 
@@ -44,9 +44,11 @@ class MuseformerModelConfig(FairseqDataclass):
         default=128, metadata={"help": "size of the sinusoidal beat (onset) embedding concatenated to the input (§3)"}
     )
     attention_impl: ATTENTION_IMPL_CHOICES = field(
-        default="sparse",
-        metadata={"help": "FC-Attention implementation: 'sparse' (block-sparse gather, fast, trains on CPU and "
-                  "GPU) or 'dense' (full boolean mask, O(T^2) memory; the reference)"},
+        default="auto",
+        metadata={"help": "FC-Attention backend: 'auto' (sparse on CPU, flex on CUDA; sparse on CUDA while "
+                  "training with attention dropout, which FlexAttention lacks), 'sparse' (bar-aligned block-sparse "
+                  "gather; CPU and GPU), 'flex' (torch FlexAttention, compiled on CUDA; no attention dropout) or "
+                  "'dense' (full boolean masks, O(T^2) memory; the reference). Same results, speed only"},
     )
     attention_scheme: ATTENTION_SCHEME_CHOICES = field(
         default="museformer",
@@ -78,11 +80,14 @@ class MuseformerModelConfig(FairseqDataclass):
     max_target_positions: Optional[int] = II("task.tokens_per_sample")
 
 
-def sinusoid(ids: torch.Tensor, dim: int) -> torch.Tensor:
-    """fairseq-style sinusoidal embedding of integer ``ids`` (...,) → (..., dim): [sin | cos], id ≤ 0 → zeros.
+def sinusoid(ids: torch.Tensor, dim: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """fairseq-style sinusoidal embedding of integer ``ids`` (...,) → (..., dim) in ``dtype``: [sin | cos], id ≤ 0
+    → zeros.
 
     Same values as a table ``emb[i] = [sin(i·f), cos(i·f)]``, f_k = exp(-k·ln(10000)/(half-1)), with a zero row 0
-    (the original's TaoEmbedding, spec §3); computed directly, so it never runs out of rows.
+    (the original's TaoEmbedding, spec §3); computed directly, so it never runs out of rows. The angles are
+    computed in fp32 (bar ids reach the thousands) and only the result is cast to ``dtype`` (the parameters'
+    dtype under --fp16 / --bf16, so that the concatenation with the token embedding keeps it).
     """
     half = dim // 2
     freq = torch.exp(torch.arange(half, dtype=torch.float, device=ids.device) * -(math.log(10000.0) / max(half - 1, 1)))
@@ -90,7 +95,7 @@ def sinusoid(ids: torch.Tensor, dim: int) -> torch.Tensor:
     emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
     if dim % 2 == 1:
         emb = F.pad(emb, (0, 1))
-    return emb.masked_fill((ids <= 0)[..., None], 0.0)
+    return emb.masked_fill((ids <= 0)[..., None], 0.0).to(dtype)
 
 
 class MuseformerDecoderLayer(nn.Module):
@@ -112,15 +117,18 @@ class MuseformerDecoderLayer(nn.Module):
         self.fc2 = nn.Linear(cfg.decoder_ffn_embed_dim, d)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
+    def ffn(self, x: torch.Tensor) -> torch.Tensor:
+        """x + Drop(FFN(LN2(x))), x (..., C) of either stream."""
         return x + self.dropout(self.fc2(F.gelu(self.fc1(self.ffn_norm(x)))))
 
-    def forward(self, x_reg: torch.Tensor, x_sum: torch.Tensor, layout: BarLayout, scheme: BarScheme):
-        """x_reg (B, T, C), x_sum (B, S, C) → same shapes (residual stream of each)."""
-        a_reg, a_sum = self.self_attn(self.attn_norm(x_reg), self.attn_norm(x_sum), layout, scheme)
+    def forward(self, x_reg: torch.Tensor, x_sum: torch.Tensor, layout: BarLayout, scheme: BarScheme,
+                kv_sink=None):
+        """x_reg (B, T, C), x_sum (B, S, C) → same shapes (residual stream of each). ``kv_sink``: see
+        ``FineCoarseAttention.forward`` (the cached decoder's prefill)."""
+        a_reg, a_sum = self.self_attn(self.attn_norm(x_reg), self.attn_norm(x_sum), layout, scheme, kv_sink)
         x_reg = x_reg + self.dropout(a_reg)
         x_sum = x_sum + self.dropout(a_sum)
-        return self._ffn(x_reg), self._ffn(x_sum)
+        return self.ffn(x_reg), self.ffn(x_sum)
 
 
 class MuseformerDecoder(FairseqIncrementalDecoder):
@@ -198,8 +206,10 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         return x, extra
 
     def extract_features(self, prev_output_tokens, encoder_out=None, incremental_state=None,
-                         bar_ids=None, beat_ids=None, **kwargs):
-        """Final-LN features of the regular stream (B, T, C) and ``{"attn": [None], "inner_states": [...]}``."""
+                         bar_ids=None, beat_ids=None, kv_sink=None, **kwargs):
+        """Final-LN features of the regular stream (B, T, C) and ``{"attn": [None], "inner_states": [...]}``.
+
+        ``kv_sink``: a list that receives every layer's (k_reg, v_reg, k2, v2) (the cached decoder's prefill)."""
         src_tokens = prev_output_tokens
         B, T = src_tokens.shape
         if bar_ids is None or beat_ids is None:
@@ -210,32 +220,36 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
             f"bar_ids {tuple(bar_ids.shape)} / beat_ids {tuple(beat_ids.shape)} must match tokens {(B, T)}")
         layout = self.build_layout(src_tokens, bar_ids)
 
-        # Regular stream (spec §3): (B, T, d + bar + beat) → (B, T, d)
-        x_reg = torch.cat([
-            self.embed_tokens(src_tokens) * self.embed_scale,
-            sinusoid(bar_ids, self.bar_embed_dim),
-            sinusoid(beat_ids, self.beat_embed_dim),
-        ], dim=-1)
-        x_reg = self.dropout(self.input_proj(x_reg))
-
+        x_reg = self.embed_regular(src_tokens, bar_ids, beat_ids)  # (B, T, d)
         # Summary stream: slot j belongs to bar j + 1; slots past a sample's complete bars are masked by attention.
         S = layout.num_summary_slots
-        slot_bar = torch.arange(1, S + 1, device=src_tokens.device)  # (S,)
-        x_sum = torch.cat([
-            self.embed_summary(torch.ones_like(slot_bar)) * self.embed_scale,
-            sinusoid(slot_bar, self.bar_embed_dim),
-        ], dim=-1)  # (S, d + bar)
-        x_sum = self.dropout(self.summary_proj(x_sum)).unsqueeze(0).expand(B, S, self.embed_dim)  # (B, S, d)
+        slot_bar = torch.arange(1, S + 1, device=src_tokens.device).expand(B, S)  # (B, S)
+        x_sum = self.embed_summaries(slot_bar)  # (B, S, d)
 
         inner_states = [x_reg]
         recompute = self.cfg.checkpoint_activations and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            if recompute:  # keeps only the layer's inputs; dropout masks are replayed from the saved RNG state
+            if recompute and kv_sink is None:  # keeps only the layer's inputs; dropout masks are replayed
                 x_reg, x_sum = checkpoint(layer, x_reg, x_sum, layout, self.scheme, use_reentrant=False)
             else:
-                x_reg, x_sum = layer(x_reg, x_sum, layout, self.scheme)
+                x_reg, x_sum = layer(x_reg, x_sum, layout, self.scheme, kv_sink)
             inner_states.append(x_reg)
         return self.final_norm(x_reg), {"attn": [None], "inner_states": inner_states}
+
+    def embed_regular(self, tokens: torch.Tensor, bar_ids: torch.Tensor, beat_ids: torch.Tensor) -> torch.Tensor:
+        """Regular-stream input (spec §3), tokens / bar ids / beat ids (B, L) → (B, L, d):
+        Drop(Linear(concat[tokEmb·√d, barSin(bar id), beatSin(beat id)])), in the parameters' dtype."""
+        emb = self.embed_tokens(tokens) * self.embed_scale
+        x = torch.cat([emb, sinusoid(bar_ids, self.bar_embed_dim, emb.dtype),
+                       sinusoid(beat_ids, self.beat_embed_dim, emb.dtype)], dim=-1)
+        return self.dropout(self.input_proj(x))
+
+    def embed_summaries(self, slot_bars: torch.Tensor) -> torch.Tensor:
+        """Summary-stream input, bar ids of the summary slots (B, S) → (B, S, d):
+        Drop(Linear(concat[sumEmb(1)·√d, barSin(bar)])). Every sample draws its own dropout mask."""
+        emb = self.embed_summary(torch.ones_like(slot_bars)) * self.embed_scale  # K = 1: every summary uses id 1
+        x = torch.cat([emb, sinusoid(slot_bars, self.bar_embed_dim, emb.dtype)], dim=-1)
+        return self.dropout(self.summary_proj(x))
 
     def output_layer(self, features: torch.Tensor) -> torch.Tensor:
         return self.output_projection(features)  # (B, T, V)

@@ -11,9 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from museformer_plugin import attention_sparse
-from museformer_plugin.attention import FineCoarseAttention, attend_regular_dense, attend_summaries_dense
-from museformer_plugin.attention_sparse import attend_regular_sparse, attend_summaries_sparse
+from museformer_plugin.attention import sparse as attention_sparse
+from museformer_plugin.attention import FineCoarseAttention
+from museformer_plugin.attention.dense import attend_regular as attend_regular_dense
+from museformer_plugin.attention.dense import attend_summaries as attend_summaries_dense
+from museformer_plugin.attention.sparse import attend_regular as attend_regular_sparse
+from museformer_plugin.attention.sparse import attend_summaries as attend_summaries_sparse
 from museformer_plugin.bar_layout import BarLayout, BarScheme
 
 BOS, PAD, BAR, NOTE = 2, 1, 5, 7

@@ -33,23 +33,29 @@ recomputes each chunk in backward, as FlashAttention does: O(T) memory.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
-from .attention import softmax_dtype
-from .bar_layout import PAD_BAR, BarLayout, BarScheme, bar_spans
+from ..bar_layout import PAD_BAR, BarLayout, BarScheme, bar_spans
+from .common import head_scale, softmax_dtype
+
+HAS_DROPOUT = True
 
 NEVER = 2**62  # visibility threshold of list padding: no query position reaches it
 ALWAYS = -1  # visibility threshold of keys every query of the block may see
 
 # Score elements (heads x queries x keys) of one chunk: bounds the temporary memory of the gathered keys/values,
-# the mask and (explicit kernel) the fp32 scores, ~16 MiB of fp32 scores per chunk.
+# the mask and (explicit kernel) the fp32 scores. CPU: ~16 MiB of fp32 scores per chunk (cache-sized work, the
+# cost per pair is what counts). CUDA: ~256 MiB, so that a 15k-token song needs tens of chunks per call instead of
+# thousands: on a GPU each chunk is a handful of kernel launches and launch overhead dominates small chunks.
 CHUNK_ELEMENTS = 1 << 22
-# Padding a chunk may add, as a fraction of the (query, key) pairs its blocks really hold.
+CUDA_CHUNK_ELEMENTS = 1 << 26
+# Padding a chunk may add, as a fraction of the (query, key) pairs its blocks really hold: small on CPU (padding
+# costs its full price), large on CUDA (fewer, bigger launches are cheaper than exact ones).
 CHUNK_WASTE = 0.05
+CUDA_CHUNK_WASTE = 1.0
 # torch's fused CPU flash-attention op (and ``_backward``): returns the row log-sum-exp, takes an additive mask.
 _FLASH = "_scaled_dot_product_flash_attention_for_cpu"
 
@@ -84,7 +90,7 @@ class BlockPlan:
     a_lens: List[int]
     b_lens: List[int]
 
-    def chunks(self, per_pair: int, budget: int, waste: float = None) -> List[Tuple[int, int, int, int, int]]:
+    def chunks(self, per_pair: int, budget: int, waste: Optional[float] = None) -> List[Tuple[int, int, int, int, int]]:
         """Runs ``(b0, b1, qmax, amax, bmax)`` of consecutive blocks, each padded to its own longest lists.
 
         A run grows while its padded size stays within ``1 + waste`` times the pairs it really holds and within
@@ -300,13 +306,14 @@ def _scatter_add(acc, rows, x):
 def _chunk_masks(plan, b0, b1, qm, am, bm, dtype):
     """Additive masks (0 / -inf) of stream A (n, 1, 1, am) and stream B (n, 1, qm, bm), and whether each block has
     any stream-A key (n,) and any stream-B key (n,) (a part without keys is left out of the merged softmax)."""
-    ninf = torch.tensor(float("-inf"), dtype=dtype, device=plan.q_pos.device)
-    zero = torch.zeros((), dtype=dtype, device=plan.q_pos.device)
     a_len = plan.a_len[b0:b1]
     a_vis = torch.arange(am, device=a_len.device)[None, :] < a_len[:, None]
     b_vis = plan.b_thr[b0:b1, None, None, :bm] <= plan.q_pos[b0:b1, None, :qm, None]
     has_b = plan.b_thr[b0:b1, 0] < NEVER if bm else torch.zeros_like(a_len, dtype=torch.bool)
-    return torch.where(a_vis, zero, ninf)[:, None, None, :], torch.where(b_vis, zero, ninf), a_len > 0, has_b
+    # Built on the device with no host scalar (a torch.tensor(-inf, device=cuda) per chunk syncs the stream).
+    mask_a = torch.zeros(a_vis.shape, dtype=dtype, device=a_vis.device).masked_fill_(~a_vis, float("-inf"))
+    mask_b = torch.zeros(b_vis.shape, dtype=dtype, device=b_vis.device).masked_fill_(~b_vis, float("-inf"))
+    return mask_a[:, None, None, :], mask_b, a_len > 0, has_b
 
 
 def _merge(out_a, lse_a, has_a, out_b, lse_b, has_b):
@@ -324,7 +331,7 @@ def _merge(out_a, lse_a, has_a, out_b, lse_b, has_b):
 
 def _explicit_probs(qc, kc, visible, scale, lse=None):
     """Masked fp32 scores -> probabilities; with ``lse`` given, rebuilt from it (backward), else also returned."""
-    s = softmax_dtype(torch.matmul(qc, kc.transpose(-1, -2))).mul_(scale)  # (n, H, qm, km)
+    s = softmax_dtype(torch.matmul(qc * scale, kc.transpose(-1, -2)))  # (n, H, qm, km); q scaled first (fp16)
     s.masked_fill_(~visible, float("-inf"))
     if lse is not None:
         return s.sub_(lse[..., None]).exp_()
@@ -473,22 +480,24 @@ def _rows(x):
 
 def _attend_blocks(q, k_a, v_a, k_b, v_b, plan, dropout_p, training, fused):
     """Run ``_BarBlockAttention`` for (B, H, L, D) inputs; returns (B * Lq, H, D)."""
-    H, D = q.shape[1], q.shape[3]
+    H = q.shape[1]
     p = dropout_p if training else 0.0
     if fused is None:
         fused = fused_kernel_available(q, p)
     elif fused and not fused_kernel_available(q, p):
         raise ValueError("the fused CPU attention kernel needs a CPU tensor, no dropout and torch >= 2.3")
     seed = int(torch.randint(0, 2**62, (1,))) if p > 0 else 0  # from the global RNG: torch.manual_seed applies
-    chunks = plan.chunks(H * (1 if fused else 2), CHUNK_ELEMENTS)  # explicit: fp32 scores and probabilities
+    cuda = q.device.type == "cuda"
+    budget, waste = (CUDA_CHUNK_ELEMENTS, CUDA_CHUNK_WASTE) if cuda else (CHUNK_ELEMENTS, CHUNK_WASTE)
+    chunks = plan.chunks(H * (1 if fused else 2), budget, waste)  # explicit: fp32 scores and probabilities
     out = _BarBlockAttention.apply(_rows(q), _rows(k_a), _rows(v_a), _rows(k_b), _rows(v_b), plan, chunks,
-                                   1.0 / math.sqrt(D), p, seed, fused)
+                                   head_scale(q), p, seed, fused)
     return out[:-1]
 
 
-def attend_summaries_sparse(q_sum, k_sum, v_sum, k_reg, v_reg, layout: BarLayout, dropout_p=0.0, training=False,
+def attend_summaries(q_sum, k_sum, v_sum, k_reg, v_reg, layout: BarLayout, dropout_p=0.0, training=False,
                             block_size: int = 256, fused=None):
-    """Summarisation (spec §2.2 step 3), block-sparse. Same contract as ``attention.attend_summaries_dense``.
+    """Summarisation (spec §2.2 step 3), block-sparse. Same contract as ``dense.attend_summaries``.
 
     q_sum/k_sum/v_sum (B, H, S, D), k_reg/v_reg (B, H, T, D). Returns z (B, H, S, D). ``block_size`` is unused
     (each summary is one block: its own key and exactly its bar); ``fused`` as in ``attend_regular_sparse``.
@@ -501,9 +510,9 @@ def attend_summaries_sparse(q_sum, k_sum, v_sum, k_reg, v_reg, layout: BarLayout
     return z.view(B, S, H, D).transpose(1, 2)
 
 
-def attend_regular_sparse(q_reg, k_reg, v_reg, k2_sum, v2_sum, layout: BarLayout, scheme: BarScheme,
+def attend_regular(q_reg, k_reg, v_reg, k2_sum, v2_sum, layout: BarLayout, scheme: BarScheme,
                           dropout_p=0.0, training=False, block_size: int = 256, fused=None):
-    """Aggregation (spec §2.2 step 5), block-sparse. Same contract as ``attention.attend_regular_dense``.
+    """Aggregation (spec §2.2 step 5), block-sparse. Same contract as ``dense.attend_regular``.
 
     q_reg (B, H, Tq, D) = the last Tq positions of the layout, k_reg/v_reg (B, H, T, D), k2_sum/v2_sum (B, H, S, D).
     ``block_size``: the longest query block (a longer bar is cut into equal pieces). ``fused``: force (True) or

@@ -1,0 +1,27 @@
+"""Cached decoding: a few new queries attend over a list of keys they may all see (the decoding *window*).
+
+The KV-cached decoder (``incremental.py``) keeps, per sample, exactly the keys a token of the current bar may see
+(spec §2.2 step 5): [K2/V2 of its coarse bars | BOS | its fine bars | its own bar so far], and for a bar's summary
+[its own key | the bar's tokens]. The causal part is implicit (the window holds only keys at or before the query),
+so the only mask is each sample's window length. Same numerics as the other backends (``common.py``).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .common import head_scale, scaled_scores
+
+
+def attend_window(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: Optional[torch.Tensor] = None):
+    """softmax((q/√D)·kᵀ)·v over the first ``lengths[b]`` keys of each sample (all W keys when None).
+
+    q (B, H, Q, D), k/v (B, H, W, D), lengths long (B,) on q's device with 1 <= lengths <= W. Returns (B, H, Q, D).
+    """
+    scores = scaled_scores(q, k, head_scale(q))  # (B, H, Q, W) fp32
+    if lengths is not None:
+        hidden = torch.arange(k.size(2), device=k.device)[None, :] >= lengths[:, None]  # (B, W) True = hidden
+        scores = scores.masked_fill(hidden[:, None, None, :], float("-inf"))
+    return torch.matmul(F.softmax(scores, dim=-1).to(v.dtype), v)
