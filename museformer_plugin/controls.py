@@ -101,11 +101,12 @@ def tempo_token_id(bpm: float) -> int:
     return tempo_to_id(bpm)
 
 
-def build_controls(symbols: Sequence[str], cfg: TokenizerConfig, where: str, instruments: Optional[str] = None,
+def build_controls(symbols: Sequence[str], cfg: TokenizerConfig, data_dir: str, instruments: Optional[str] = None,
                    time_signature: Optional[str] = None, tempo: Optional[float] = None,
                    bars: Optional[int] = None) -> Controls:
-    """Parse the control flags and check that ``symbols`` (the dictionary, ``where`` names its file) and ``cfg``
-    can express each of them. Raises ``ControlError`` naming the flag, the missing token and the fix."""
+    """Parse the control flags and check that the dictionary ``symbols`` (``data_dir``/dict.txt) and ``cfg``
+    (``data_dir``/tokenizer.json) can express each of them. Raises ``ControlError`` naming the flag, the missing
+    token and the fix."""
     in_dict = set(symbols)
     ranges = family_ranges(cfg)
 
@@ -119,22 +120,23 @@ def build_controls(symbols: Sequence[str], cfg: TokenizerConfig, where: str, ins
         if missing:
             known = [v for v in ranges["i"] if expressible("i", v)]
             known_text = ", ".join(map(str, known)) if len(known) <= 12 else f"{known[0]}-{known[-1]}"
-            raise ControlError(f"--instruments {instruments}: {', '.join(f'i-{v}' for v in missing)} not in {where} "
-                               f"and its tokenizer config (instruments: {known_text}); choose among those")
+            verb = "is" if len(missing) == 1 else "are"
+            raise ControlError(f"--instruments {instruments}: {', '.join(f'i-{v}' for v in missing)} {verb} not in "
+                               f"the vocabulary of {data_dir} (its instruments: {known_text}); choose among those")
     ts = None
     if time_signature is not None:
         ts = parse_time_signature(time_signature)
         if cfg.ignore_ts:
-            raise ControlError(f"--time-signature needs s- tokens, but the tokenizer config of {where} has ignore_ts "
+            raise ControlError(f"--time-signature needs s- tokens, but {data_dir}/tokenizer.json has ignore_ts "
                                "(its pieces carry no time signature); drop the flag or use a data dir built "
                                "without --ignore-ts")
         if not expressible("s", TS_TO_ID[ts]):
-            raise ControlError(f"--time-signature {time_signature}: s-{TS_TO_ID[ts]} is not in {where}")
+            raise ControlError(f"--time-signature {time_signature}: s-{TS_TO_ID[ts]} is not in {data_dir}/dict.txt")
     tempo_id = None
     if tempo is not None:
         tempo_id = tempo_token_id(tempo)
         if not expressible("t", tempo_id):
-            raise ControlError(f"--tempo {tempo:g}: t-{tempo_id} is not in {where}")
+            raise ControlError(f"--tempo {tempo:g}: t-{tempo_id} is not in {data_dir}/dict.txt")
     if bars is not None and bars < 1:
         raise ControlError(f"--bars must be at least 1, got {bars}")
     return Controls(inst, ts, tempo_id, bars)
@@ -156,9 +158,9 @@ def add_arguments(group) -> None:
                        "that N bars fit in --max-tokens")
 
 
-def controls_from_args(args, symbols: Sequence[str], cfg: TokenizerConfig, where: str) -> Controls:
+def controls_from_args(args, symbols: Sequence[str], cfg: TokenizerConfig, data_dir: str) -> Controls:
     """``build_controls`` from the parsed flags of ``add_arguments``."""
-    return build_controls(symbols, cfg, where, instruments=args.instruments, time_signature=args.time_signature,
+    return build_controls(symbols, cfg, data_dir, instruments=args.instruments, time_signature=args.time_signature,
                           tempo=args.tempo, bars=args.bars)
 
 

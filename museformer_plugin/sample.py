@@ -122,7 +122,8 @@ def check_args(args) -> None:
     controls = [f"--{n.replace('_', '-')}" for n in ("instruments", "time_signature", "tempo", "bars")
                 if getattr(args, n) is not None]
     if controls and not args.grammar_mask:
-        raise SampleError(f"{', '.join(controls)} work through the grammar mask; drop --no-grammar-mask")
+        raise SampleError(f"{', '.join(controls)} cannot be used without the grammar mask (the controls are "
+                          "part of it); drop --no-grammar-mask")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SampleError("--device cuda was given but torch sees no CUDA device; use --device cpu")
     dict_path = Path(args.data) / "dict.txt"
@@ -334,9 +335,8 @@ def parse_controls(args, tok_cfg):
 
     from .controls import ControlError, controls_from_args
 
-    dict_path = Path(args.data) / "dict.txt"
     try:
-        return controls_from_args(args, read_dict(dict_path), tok_cfg, str(dict_path))
+        return controls_from_args(args, read_dict(Path(args.data) / "dict.txt"), tok_cfg, args.data)
     except ControlError as err:
         raise SampleError(str(err)) from None
 

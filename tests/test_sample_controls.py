@@ -158,7 +158,7 @@ def test_shortest_bar_completion_worked_out_by_hand():
 def test_impossible_controls_are_one_line_errors(setups, tmp_path, capsys):
     lmd6 = setups["lmd6"]
     cases = {
-        "instrument not in the dictionary": (lmd6, ["--instruments", "0,25,33,128"], "i-33 not in"),
+        "instrument not in the dictionary": (lmd6, ["--instruments", "0,25,33,128"], "i-33 is not in the vocabulary"),
         "instruments not numbers": (lmd6, ["--instruments", "piano"], "--instruments expects"),
         "time signature without s- tokens": (lmd6, ["--time-signature", "3/4"], "ignore_ts"),
         "time signature not in the table": (setups["remigen2"], ["--time-signature", "3/5"], "power of two"),
