@@ -409,9 +409,10 @@ def _run(args, tok_cfg, controls) -> int:
                 skips.update(result.skipped)
     elapsed = time.perf_counter() - start
     new_tokens = tokens_total - written * len(prompt)
+    threads = torch.get_num_threads()
     print(f"wrote {written} MIDI + token files to {out_dir}: {tokens_total} tokens "
           f"({len(prompt)} prompt tokens each), {new_tokens} sampled in {elapsed:.1f} s "
-          f"({new_tokens / max(elapsed, 1e-9):.1f} tokens/s, {args.dtype}, {torch.get_num_threads()} threads)")
+          f"({new_tokens / max(elapsed, 1e-9):.1f} tokens/s, {args.dtype}, {threads} thread{'s' * (threads > 1)})")
     mask_text = "grammar mask" if args.grammar_mask else "no grammar mask"
     if controls.active():
         mask_text += f"; controls: {controls.describe()}"

@@ -243,12 +243,23 @@ def test_finished_pieces_leave_the_batch(setups):
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
-def test_half_precision_on_cpu(setups, tmp_path, capsys, dtype):
+def test_half_precision_on_cpu(setups, tmp_path, capsys, monkeypatch, dtype):
+    """--dtype casts the model (fp16 runs on CPU too) and the pieces are still well-formed."""
+    import museformer_plugin.sample as sample_mod
+
+    seen, original = [], sample_mod.sample_batch
+
+    def spy(model, *a, **kw):
+        seen.append({p.dtype for p in model.parameters()})
+        return original(model, *a, **kw)
+
+    monkeypatch.setattr(sample_mod, "sample_batch", spy)
     rc, pieces = sample(setups["remigen2"], tmp_path, "--num-samples", 2, "--batch-size", 2, "--max-tokens", 40,
                         "--dtype", dtype, "--bars", 2)
     assert rc == 0 and len(pieces) == 2
     assert all(count_errors(t, CONFIGS["remigen2"]) == 0 and t.count("b-1") == 2 for t in pieces)
-    assert f"{dtype}, 1 threads" in capsys.readouterr().out
+    assert f"{dtype}, 1 thread)" in capsys.readouterr().out
+    assert seen == [{sample_mod.DTYPES[dtype]}], "every parameter must be cast"
 
 
 def test_threads_flag_is_applied_and_restored(setups, tmp_path, capsys):
