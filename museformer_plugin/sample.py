@@ -29,6 +29,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from .controls import add_arguments as add_control_arguments
+
 EPILOG = """examples:
   museformer-sample ckpt.pt --data data-bin/lmd6remi --out samples --num-samples 4
   museformer-sample ckpt.pt --data data-bin/lmd6remi --out cont --num-samples 2 \\
@@ -77,8 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on by default: only allow tokens that keep the piece well-formed REMIGEN (d- after p-, v- "
                    "after d-, increasing onsets, ...; museformer_plugin/grammar_mask.py). --no-grammar-mask samples "
                    "the model's raw distribution, as the original did (the controls below then cannot be used)")
-    from .controls import add_arguments as add_control_arguments
-
     add_control_arguments(p.add_argument_group("controls (through the grammar mask; they apply to the sampled tokens)"))
     speed = p.add_argument_group("speed")
     speed.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
