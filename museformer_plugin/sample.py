@@ -2,33 +2,47 @@
 
     museformer-sample checkpoints/checkpoint_best.pt --data data-bin/lmd6remi --out samples --num-samples 4
     museformer-sample ckpt.pt --data data-bin/lmd6remi --out cont --num-samples 2 \\
-        --prompt-midi song.mid --prompt-bars 8 --max-bars 64 --grammar-mask --seed 1
+        --prompt-midi song.mid --prompt-bars 8 --max-bars 64 --seed 1
+    museformer-sample ckpt.pt --data data-bin/lmd6remi --out ctrl --num-samples 8 --batch-size 8 \\
+        --instruments 0,25,33,128 --time-signature 3/4 --tempo 120 --bars 16 --dtype bf16
 
 Each sample is written as ``sample_NNN.mid`` plus ``sample_NNN.txt`` (the tokens, one line, as museformer-prep
 writes them). Sampling uses the cached decoder of ``incremental.py`` (one cached step per token, spec §7 explains
 why the original was slow); the defaults follow the original's generation script: top-k 8 at temperature 1.0, up
 to 20,480 tokens. The prompt is encoded with the data directory's ``tokenizer.json`` so that it matches training.
+The grammar mask (``grammar_mask.py``) is on by default, so every piece is well-formed REMIGEN; the controls
+(``controls.py``) restrict it further. Pieces of a batch that end leave it: their rows are dropped from the
+decoder's cache with ``reorder_incremental_state``, so later steps cost only the pieces still running. Piece k is
+drawn from its own random generator (seeded by ``--seed`` and k), so it does not depend on ``--batch-size``.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
+
+from .controls import add_arguments as add_control_arguments
 
 EPILOG = """examples:
   museformer-sample ckpt.pt --data data-bin/lmd6remi --out samples --num-samples 4
   museformer-sample ckpt.pt --data data-bin/lmd6remi --out cont --num-samples 2 \\
-      --prompt-midi song.mid --prompt-bars 8 --max-bars 64 --grammar-mask --seed 1
+      --prompt-midi song.mid --prompt-bars 8 --max-bars 64 --seed 1
+  museformer-sample ckpt.pt --data data-bin/lmd6remi --out ctrl --num-samples 8 --batch-size 8 \\
+      --instruments 0,25,33,128 --time-signature 3/4 --tempo 120 --bars 16 --dtype bf16
 
 The original sampled with top-k 8, temperature 1.0, at least 1,024 and at most 20,480 tokens
-(pass --min-tokens 1024 to match it)."""
+(pass --min-tokens 1024 to match it) and without a grammar mask (pass --no-grammar-mask to match it).
+The controls apply to the sampled tokens; a prompt is kept as it is."""
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class SampleError(Exception):
@@ -59,12 +73,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nucleus sampling: keep the smallest set of tokens with probability >= p (default: off)")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1.0)")
     p.add_argument("--seed", type=int, default=1, help="random seed; the same seed gives the same pieces (default 1)")
-    p.add_argument("--batch-size", type=int, default=1, help="pieces sampled together (default 1)")
-    p.add_argument("--grammar-mask", action="store_true",
-                   help="only allow tokens that keep the piece well-formed REMIGEN (d- after p-, v- after d-, "
-                   "increasing onsets, ...), see museformer_plugin/grammar_mask.py")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run the model (default cpu)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="pieces sampled together; a piece that ends leaves the batch and stops costing (default 1)")
+    p.add_argument("--grammar-mask", action=argparse.BooleanOptionalAction, default=True,
+                   help="on by default: only allow tokens that keep the piece well-formed REMIGEN (d- after p-, v- "
+                   "after d-, increasing onsets, ...; museformer_plugin/grammar_mask.py). --no-grammar-mask samples "
+                   "the model's raw distribution, as the original did (the controls below then cannot be used)")
+    add_control_arguments(p.add_argument_group("controls (through the grammar mask; they apply to the sampled tokens)"))
+    speed = p.add_argument_group("speed")
+    speed.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                       help="where to run the model (default cpu)")
+    speed.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",
+                       help="cast the model to this precision (default fp32); bf16 halves the weights read per "
+                       "token; fp16 is meant for cuda (it runs on CPU too)")
+    speed.add_argument("--threads", type=int, default=None, metavar="N",
+                       help="CPU threads for torch (torch.set_num_threads; default: all cores of this process, "
+                       f"here {default_threads()})")
     return p
+
+
+def default_threads() -> int:
+    """All cores this process may run on (its CPU affinity), else os.cpu_count()."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def check_args(args) -> None:
@@ -79,6 +112,18 @@ def check_args(args) -> None:
         raise SampleError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.temperature <= 0:
         raise SampleError(f"--temperature must be > 0, got {args.temperature}")
+    if args.threads is not None and args.threads < 1:
+        raise SampleError(f"--threads must be at least 1, got {args.threads}")
+    if args.bars is not None:
+        if args.max_bars is not None:
+            raise SampleError("--bars (exactly N bars) and --max-bars (at most N bars) exclude each other; pass one")
+        if args.min_tokens > 0:
+            raise SampleError("--min-tokens cannot be combined with --bars: the piece ends right after its last bar")
+    controls = [f"--{n.replace('_', '-')}" for n in ("instruments", "time_signature", "tempo", "bars")
+                if getattr(args, n) is not None]
+    if controls and not args.grammar_mask:
+        raise SampleError(f"{', '.join(controls)} cannot be used without the grammar mask (the controls are "
+                          "part of it); drop --no-grammar-mask")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SampleError("--device cuda was given but torch sees no CUDA device; use --device cpu")
     dict_path = Path(args.data) / "dict.txt"
@@ -176,85 +221,166 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: Optional[float]) -> t
     return logits
 
 
-@torch.no_grad()
-def sample_batch(model, task, prompt: List[int], batch_size: int, args, generator: torch.Generator,
-                 grammar=None, progress=None) -> List[List[int]]:
-    """Sample ``batch_size`` pieces continuing ``prompt`` (ids, no BOS). Returns each piece's ids (no BOS/EOS)."""
-    from .incremental import forward_incremental, reorder
+def piece_generator(seed: int, piece: int) -> torch.Generator:
+    """The random generator of piece number ``piece`` (0-based): the same seed and piece give the same draws,
+    whatever the batch the piece is sampled in."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + piece) % 2**63)
 
+
+def build_token_mask(args, task, tok_cfg, controls):
+    """The mask of allowed next tokens: None (--no-grammar-mask), the grammar mask, or the grammar mask with the
+    controls on top."""
+    if not args.grammar_mask:
+        return None
+    from .controls import ControlMask
+    from .grammar_mask import GrammarMask
+
+    d = task.dictionary
+    grammar = GrammarMask(d.symbols, d.eos(), tok_cfg)
+    if not controls.active():
+        return grammar
+    return ControlMask(grammar, controls, tok_cfg, d.index("b-1"), args.max_tokens)
+
+
+def precision(model):
+    """Context for a decoder call in the model's dtype: autocast when it is not fp32, so that the inputs the decoder
+    builds in fp32 (the sinusoidal bar and beat features) meet the cast weights in the same dtype."""
+    dtype = next(model.parameters()).dtype
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(next(model.parameters()).device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def sample_batch(model, task, prompt: List[int], generators: Sequence[torch.Generator], args, token_mask=None,
+                 progress=None) -> List[List[int]]:
+    """Sample one piece per generator, continuing ``prompt`` (ids, no BOS). Returns each piece's ids (no BOS/EOS).
+
+    A piece ends at ``</s>``, at ``--max-tokens``, or at its last bar (``--bars`` / ``--max-bars``). It then leaves
+    the batch: its row is dropped from the decoder's cache (``reorder_incremental_state``), from the token buffer
+    and from ``token_mask``, so the following steps run only the pieces still going.
+    """
     dec = model.decoder
     d = task.dictionary
     eos, bar = d.eos(), dec.bar_token
     device = next(model.parameters()).device
-    seq = torch.tensor([[eos] + prompt] * batch_size, device=device)  # (B, 1 + prompt)
-    pieces = [list(prompt) for _ in range(batch_size)]
-    bars = [prompt.count(bar)] * batch_size
-    alive = list(range(batch_size))  # piece index of each row
+    B = len(generators)
+    bar_limit = args.bars if args.bars is not None else args.max_bars
+    # The decoder takes the whole sequence so far at every call (fairseq's convention) and runs only the new column;
+    # a preallocated buffer passed as a view avoids a copy of the sequence per step.
+    buf = torch.full((B, 1 + args.max_tokens), d.pad(), dtype=torch.long, device=device)  # (B, 1 + max_tokens)
+    buf[:, 0] = eos
+    buf[:, 1 : 1 + len(prompt)] = torch.tensor(prompt, dtype=torch.long, device=device)
+    length = 1 + len(prompt)  # columns filled: BOS + prompt + sampled tokens
+    pieces = [list(prompt) for _ in range(B)]
+    bars = [prompt.count(bar)] * B
+    alive = list(range(B))  # piece index of each row
     state: dict = {}
-    if grammar is not None:
-        grammar.reset(batch_size)
+    if token_mask is not None:
+        token_mask.reset(B)
         for tok in prompt:
-            grammar.update([tok] * batch_size)
+            token_mask.update([tok] * B)
     special = torch.zeros(len(d), dtype=torch.bool, device=device)
     special[: d.nspecial] = True  # <s> <pad> </s> <unk> are never sampled (</s> is re-enabled below)
     while alive:
-        logits = forward_incremental(dec, seq, state)[0][:, -1].float()  # (B, V)
+        with precision(model):
+            feats = dec(buf[:, :length], incremental_state=state, features_only=True)[0][:, -1]  # (B, C)
+            logits = dec.output_layer(feats).float()  # (B, V): only the last position is projected
         eos_logit = logits[:, eos].clone()
         logits = logits.masked_fill(special, float("-inf"))
         can_end = torch.tensor([len(pieces[i]) >= args.min_tokens for i in alive], device=device)
         logits[:, eos] = torch.where(can_end, eos_logit, torch.full_like(eos_logit, float("-inf")))
-        if grammar is not None:
-            allowed = grammar.mask().to(device)
+        if token_mask is not None:
+            allowed = token_mask.mask().to(device)
             allowed[~can_end, eos] = False
-            # a row with nothing allowed (cannot happen with a REMIGEN dictionary) falls back to no grammar mask
-            allowed[~allowed.any(-1)] = True
+            if getattr(token_mask, "controls", None) is None:
+                # the plain grammar mask never leaves a row empty with a REMIGEN dictionary; if it ever did, that row
+                # falls back to no mask rather than failing
+                allowed[~allowed.any(-1)] = True
+            assert bool(allowed.any(-1).all()), "the controls left a piece with no allowed next token"
             logits = logits.masked_fill(~allowed, float("-inf"))
-        logits = filter_logits(logits / args.temperature, args.top_k, args.top_p)
-        probs = torch.softmax(logits, dim=-1)
-        nxt = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].tolist()  # CPU generator: reproducible
-        if grammar is not None:
-            grammar.update(nxt)
+        probs = torch.softmax(filter_logits(logits / args.temperature, args.top_k, args.top_p), dim=-1).cpu()
+        # one draw per piece from its own generator (CPU): a piece is the same in any batch
+        nxt = [int(torch.multinomial(probs[r], 1, generator=generators[i])) for r, i in enumerate(alive)]
+        if token_mask is not None:
+            token_mask.update(nxt)
         keep = []
         for row, (i, tok) in enumerate(zip(alive, nxt)):
             if tok == eos:
                 continue
             pieces[i].append(tok)
             bars[i] += tok == bar
-            done = len(pieces[i]) >= args.max_tokens or (args.max_bars is not None and bars[i] >= args.max_bars)
+            done = len(pieces[i]) >= args.max_tokens or (bar_limit is not None and bars[i] >= bar_limit)
             if not done:
                 keep.append(row)
         if progress is not None:
             progress.update(len(alive))
-        seq = torch.cat([seq, torch.tensor(nxt, device=device)[:, None]], dim=1)
-        if len(keep) < len(alive):  # finished pieces leave the batch (their cache rows are dropped)
+        buf[:, length] = torch.tensor(nxt, dtype=torch.long, device=device)
+        length += 1
+        if len(keep) < len(alive):  # finished pieces leave the batch: the next steps no longer compute them
             if not keep:
                 break
-            order = torch.tensor(keep, device=device)
-            reorder(dec, state, order)
-            if grammar is not None:
-                grammar.select(keep)
-            seq = seq.index_select(0, order)
+            order = torch.tensor(keep, dtype=torch.long, device=device)
+            dec.reorder_incremental_state(state, order)
+            buf = buf.index_select(0, order)
+            if token_mask is not None:
+                token_mask.select(keep)
             alive = [alive[r] for r in keep]
     return pieces
+
+
+def parse_controls(args, tok_cfg):
+    """The control flags as a ``Controls``, checked against --data's dict.txt and tokenizer config."""
+    from data_prep.vocab import read_dict
+
+    from .controls import ControlError, controls_from_args
+
+    try:
+        return controls_from_args(args, read_dict(Path(args.data) / "dict.txt"), tok_cfg, args.data)
+    except ControlError as err:
+        raise SampleError(str(err)) from None
+
+
+def check_prompt(args, task, prompt: List[int], token_mask) -> None:
+    """The prompt leaves room for sampling under --max-tokens, --max-bars and --bars."""
+    d = task.dictionary
+    if len(prompt) >= args.max_tokens:
+        raise SampleError(f"the prompt has {len(prompt)} tokens, not fewer than --max-tokens {args.max_tokens}; "
+                          "use fewer --prompt-bars or a larger --max-tokens")
+    bar_limit, flag = (args.bars, "--bars") if args.bars is not None else (args.max_bars, "--max-bars")
+    prompt_bars = prompt.count(d.index("b-1"))
+    if bar_limit is not None and prompt_bars >= bar_limit:
+        raise SampleError(f"the prompt already has {prompt_bars} bars, not fewer than {flag} {bar_limit}; "
+                          f"use fewer --prompt-bars or a larger {flag}")
+    if args.bars is not None:
+        token_mask.reset(1)
+        for tok in prompt:
+            token_mask.update([tok])
+        need = len(prompt) + token_mask.tokens_needed()[0]
+        if need > args.max_tokens:
+            raise SampleError(f"--bars {args.bars} needs at least {need} tokens (prompt included) but --max-tokens is "
+                              f"{args.max_tokens}; raise --max-tokens or lower --bars")
 
 
 def run(args) -> int:
     check_args(args)
     tok_cfg = load_tokenizer_config(args.data)
+    controls = parse_controls(args, tok_cfg)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(args.threads or default_threads())
+    try:
+        return _run(args, tok_cfg, controls)
+    finally:
+        torch.set_num_threads(threads_before)  # programmatic callers (tests) get their setting back
+
+
+def _run(args, tok_cfg, controls) -> int:
     model, task = load_model(args.checkpoint, args.data, args.device)
+    model = model.to(DTYPES[args.dtype])
     d = task.dictionary
     prompt = prompt_ids(task, args.prompt_midi, args.prompt_bars, tok_cfg) if args.prompt_midi else []
-    if len(prompt) >= args.max_tokens:
-        raise SampleError(f"the prompt has {len(prompt)} tokens, not fewer than --max-tokens {args.max_tokens}; "
-                          "use fewer --prompt-bars or a larger --max-tokens")
-    if args.max_bars is not None and prompt.count(d.index("b-1")) >= args.max_bars:
-        raise SampleError(f"the prompt already has {prompt.count(d.index('b-1'))} bars, not fewer than "
-                          f"--max-bars {args.max_bars}")
-    grammar = None
-    if args.grammar_mask:
-        from .grammar_mask import GrammarMask
-
-        grammar = GrammarMask(d.symbols, d.eos(), tok_cfg)
+    token_mask = build_token_mask(args, task, tok_cfg, controls)
+    check_prompt(args, task, prompt, token_mask)
 
     from tqdm import tqdm
 
@@ -263,14 +389,14 @@ def run(args) -> int:
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator().manual_seed(args.seed)
     new_total = args.num_samples * (args.max_tokens - len(prompt))
     written, tokens_total, grammar_errors, skips = 0, 0, 0, Counter()
     start = time.perf_counter()
     with tqdm(total=new_total, desc=f"sampling into {out_dir}", unit="tok", disable=None) as bar:
         for first in range(0, args.num_samples, args.batch_size):
             n = min(args.batch_size, args.num_samples - first)
-            pieces = sample_batch(model, task, prompt, n, args, generator, grammar, bar)
+            generators = [piece_generator(args.seed, first + k) for k in range(n)]
+            pieces = sample_batch(model, task, prompt, generators, args, token_mask, bar)
             for k, ids in enumerate(pieces):
                 tokens = [d[i] for i in ids]
                 name = out_dir / f"sample_{first + k:03d}"
@@ -283,11 +409,16 @@ def run(args) -> int:
                 skips.update(result.skipped)
     elapsed = time.perf_counter() - start
     new_tokens = tokens_total - written * len(prompt)
+    threads = torch.get_num_threads()
     print(f"wrote {written} MIDI + token files to {out_dir}: {tokens_total} tokens "
           f"({len(prompt)} prompt tokens each), {new_tokens} sampled in {elapsed:.1f} s "
-          f"({new_tokens / max(elapsed, 1e-9):.1f} tokens/s)")
+          f"({new_tokens / max(elapsed, 1e-9):.1f} tokens/s, {args.dtype}, {threads} thread{'s' * (threads > 1)})")
+    mask_text = "grammar mask" if args.grammar_mask else "no grammar mask"
+    if controls.active():
+        mask_text += f"; controls: {controls.describe()}"
     skip_text = ", ".join(f"{r} {c}" for r, c in skips.most_common()) or "none"
-    print(f"grammar errors: {grammar_errors}; tokens skipped by the MIDI decoder: {sum(skips.values())} ({skip_text})")
+    print(f"{mask_text}; grammar errors: {grammar_errors}; tokens skipped by the MIDI decoder: "
+          f"{sum(skips.values())} ({skip_text})")
     return 0 if written else 1
 
 

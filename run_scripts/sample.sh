@@ -6,9 +6,12 @@
 #
 #   # 4 unconditional pieces with the original's settings (top-k 8, temperature 1, 1,024..20,480 tokens)
 #   CHECKPOINT=checkpoints/museformer/checkpoint_best.pt DATA_BIN=data-bin/lmd6remi bash run_scripts/sample.sh
-#   # continue the first 8 bars of a song, 2 continuations, up to 64 bars, always well-formed REMIGEN
+#   # continue the first 8 bars of a song, 2 continuations, up to 64 bars (well-formed REMIGEN: grammar mask on)
 #   CHECKPOINT=... DATA_BIN=... NUM_SAMPLES=2 bash run_scripts/sample.sh --prompt-midi song.mid --prompt-bars 8 \
-#       --max-bars 64 --grammar-mask
+#       --max-bars 64
+#   # 8 pieces of exactly 16 bars in 3/4 at 120 BPM for piano, guitar, bass and drums, sampled together in bf16
+#   CHECKPOINT=... DATA_BIN=... NUM_SAMPLES=8 BATCH_SIZE=8 MIN_TOKENS=0 bash run_scripts/sample.sh \
+#       --instruments 0,25,33,128 --time-signature 3/4 --tempo 120 --bars 16 --dtype bf16
 #
 # Variables:
 #   CHECKPOINT               fairseq checkpoint of a museformer_lm model (required)
@@ -22,7 +25,7 @@
 #   MAX_TOKENS=20480         longest piece in tokens (the original's --max-len-b)
 #   SEED=1                   random seed: the same seed gives the same pieces
 #   DEVICE=cpu               cpu | cuda
-#   THREADS=1                OMP_NUM_THREADS: one thread is usually fastest for batch 1 on a busy CPU
+#   THREADS=                 torch CPU threads (--threads); empty = all cores
 set -euo pipefail
 
 CHECKPOINT=${CHECKPOINT:?set CHECKPOINT=path/to/checkpoint.pt}
@@ -36,7 +39,7 @@ MIN_TOKENS=${MIN_TOKENS:-1024}
 MAX_TOKENS=${MAX_TOKENS:-20480}
 SEED=${SEED:-1}
 DEVICE=${DEVICE:-cpu}
-THREADS=${THREADS:-1}
+THREADS=${THREADS:-}
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PYTHON=${PYTHON:-python}
@@ -44,7 +47,8 @@ PYTHON=${PYTHON:-python}
 
 cmd=("$PYTHON" -m museformer_plugin.sample "$CHECKPOINT" --data "$DATA_BIN" --out "$OUT"
      --num-samples "$NUM_SAMPLES" --batch-size "$BATCH_SIZE" --top-k "$TOP_K" --temperature "$TEMPERATURE"
-     --min-tokens "$MIN_TOKENS" --max-tokens "$MAX_TOKENS" --seed "$SEED" --device "$DEVICE" "$@")
-echo "OMP_NUM_THREADS=$THREADS ${cmd[*]}"
+     --min-tokens "$MIN_TOKENS" --max-tokens "$MAX_TOKENS" --seed "$SEED" --device "$DEVICE"
+     ${THREADS:+--threads "$THREADS"} "$@")
+echo "${cmd[*]}"
 # PYTHONPATH: the plugin is importable from a plain checkout too (before `pip install -e .`)
-OMP_NUM_THREADS="$THREADS" PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "${cmd[@]}"
+PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "${cmd[@]}"

@@ -86,7 +86,8 @@ def setup(tmp_path_factory):
 
 def run_sample(setup, out, *extra):
     data, ckpt, _, _ = setup
-    return main([str(ckpt), "--data", str(data), "--out", str(out), *map(str, extra)])
+    # --threads 1: museformer-sample defaults to all cores; tiny models only lose by that on a shared machine
+    return main([str(ckpt), "--data", str(data), "--out", str(out), "--threads", "1", *map(str, extra)])
 
 
 def read_outputs(out: Path):
