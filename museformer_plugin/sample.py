@@ -18,7 +18,6 @@ drawn from its own random generator (seeded by ``--seed`` and k), so it does not
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -242,15 +241,6 @@ def build_token_mask(args, task, tok_cfg, controls):
     return ControlMask(grammar, controls, tok_cfg, d.index("b-1"), args.max_tokens)
 
 
-def precision(model):
-    """Context for a decoder call in the model's dtype: autocast when it is not fp32, so that the inputs the decoder
-    builds in fp32 (the sinusoidal bar and beat features) meet the cast weights in the same dtype."""
-    dtype = next(model.parameters()).dtype
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(next(model.parameters()).device.type, dtype=dtype)
-
-
 @torch.no_grad()
 def sample_batch(model, task, prompt: List[int], generators: Sequence[torch.Generator], args, token_mask=None,
                  progress=None) -> List[List[int]]:
@@ -283,9 +273,9 @@ def sample_batch(model, task, prompt: List[int], generators: Sequence[torch.Gene
     special = torch.zeros(len(d), dtype=torch.bool, device=device)
     special[: d.nspecial] = True  # <s> <pad> </s> <unk> are never sampled (</s> is re-enabled below)
     while alive:
-        with precision(model):
-            feats = dec(buf[:, :length], incremental_state=state, features_only=True)[0][:, -1]  # (B, C)
-            logits = dec.output_layer(feats).float()  # (B, V): only the last position is projected
+        # the decoder runs in the parameters' dtype (--dtype); the sampling maths below in fp32
+        feats = dec(buf[:, :length], incremental_state=state, features_only=True)[0][:, -1]  # (B, C)
+        logits = dec.output_layer(feats).float()  # (B, V): only the last position is projected
         eos_logit = logits[:, eos].clone()
         logits = logits.masked_fill(special, float("-inf"))
         can_end = torch.tensor([len(pieces[i]) >= args.min_tokens for i in alive], device=device)

@@ -29,7 +29,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from ..bar_layout import PAD_BAR, BarLayout, BarScheme, bar_spans
+from ..bar_layout import PAD_BAR, BarLayout, BarScheme
 from .common import head_scale
 
 HAS_DROPOUT = False
