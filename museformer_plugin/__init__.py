@@ -13,3 +13,6 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 from . import task  # noqa: F401,E402  (registers the museformer_lm task)
 from . import model  # noqa: F401,E402  (registers the museformer_lm model and its archs)
 from . import linear_lm  # noqa: F401,E402  (registers the museformer_linear_lm baseline and its archs)
+from . import fairseq_compat  # noqa: E402
+
+fairseq_compat.install()  # --bf16 / half precision on CPU in fairseq-train (see fairseq_compat.py)

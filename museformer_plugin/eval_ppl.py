@@ -74,7 +74,7 @@ def _set_truncation(task, split: str, length: Optional[int]) -> None:
 
 def evaluate(checkpoint: str, data: str, split: str = "test", lengths: Sequence[int] = PAPER_LENGTHS,
              max_tokens: Optional[int] = None, batch_size: Optional[int] = None, cpu: bool = False,
-             fp16: bool = False, model_overrides: Optional[dict] = None) -> Dict[int, dict]:
+             fp16: bool = False, model_overrides: Optional[dict] = None, bf16: bool = False) -> Dict[int, dict]:
     """Perplexity of ``checkpoint`` on ``split`` of ``data`` at each length; returns {L: {loss, ppl, ...}}."""
     if split not in SPLITS:
         raise ValueError(f"--split must be one of {', '.join(SPLITS)} (the task's --truncate-* flags); got {split!r}")
@@ -88,8 +88,12 @@ def evaluate(checkpoint: str, data: str, split: str = "test", lengths: Sequence[
     overrides = {"data": data, **(model_overrides or {})}
     models, saved_cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
     model = models[0].eval()
+    if fp16 and bf16:
+        raise ValueError("--fp16 and --bf16 exclude each other; pass one")
     if fp16:
         model.half()
+    elif bf16:
+        model.to(torch.bfloat16)
     if use_cuda:
         model.cuda()
     criterion = task.build_criterion(saved_cfg.criterion)
@@ -176,7 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tokens per batch (default: the length L, i.e. one full-length song per batch)")
     parser.add_argument("--batch-size", type=int, default=None, help="songs per batch (default: no cap)")
     parser.add_argument("--cpu", action="store_true", help="evaluate on CPU even when a GPU is available")
-    parser.add_argument("--fp16", action="store_true", help="evaluate in fp16 (GPU only)")
+    parser.add_argument("--fp16", action="store_true",
+                        help="run the model in fp16 (for GPUs; works on CPU too, slowly); the loss sums in fp32")
+    parser.add_argument("--bf16", action="store_true",
+                        help="run the model in bf16 (GPUs, and CPUs with AVX-512 BF16); the loss sums in fp32")
     parser.add_argument("--model-overrides", default="{}",
                         help="python dict of config overrides, e.g. \"{'attention_impl': 'dense'}\"")
     return parser
@@ -196,7 +203,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not isinstance(overrides, dict):
             raise ValueError(f"--model-overrides must be a python dict literal, got {args.model_overrides!r}")
         results = evaluate(args.checkpoint, args.data, args.split, lengths, args.max_tokens, args.batch_size,
-                           args.cpu, args.fp16, overrides)
+                           args.cpu, args.fp16, overrides, args.bf16)
     except (FileNotFoundError, ValueError) as err:
         print(f"museformer-eval-ppl: error: {err}", file=sys.stderr)
         return 2
