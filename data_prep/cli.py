@@ -211,7 +211,7 @@ def cmd_decode(args) -> int:
         raise FileNotFoundError(f"{source} is neither a token file nor a folder")
     if not files:
         raise FileNotFoundError(f"no token files (*.txt) under {source}")
-    written, notes, failed, skipped = 0, 0, Counter(), Counter()
+    written, notes, failed, skipped, resolved = 0, 0, Counter(), Counter(), Counter()
     for path, rel in tqdm(files, desc=f"decode -> {out_dir}", unit="file", disable=None):
         songs = [line.split() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         if not songs:
@@ -231,11 +231,16 @@ def cmd_decode(args) -> int:
             written += 1
             notes += result.num_notes
             skipped.update(result.skipped)
+            resolved.update(result.resolved)
     text = f"{written} MIDI files written to {out_dir}, {notes} notes"
     if failed:
         text += "; failed: " + ", ".join(f"{r}: {n}" for r, n in failed.most_common())
     if skipped:
         text += "; malformed tokens skipped: " + ", ".join(f"{r}: {n}" for r, n in skipped.most_common())
+    if resolved:
+        text += (f"; same-pitch overlaps resolved: {resolved['same_onset']} notes dropped (another note of their "
+                 f"pitch starts at the same onset), {resolved['shortened']} notes shortened (to end where the next "
+                 "note of their pitch starts)")
     print(text)
     return 0 if written else 1
 

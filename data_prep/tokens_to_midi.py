@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import miditoolkit
@@ -27,7 +27,39 @@ SPECIAL_TOKENS = frozenset({"<s>", "<pad>", "</s>", "<unk>"})
 class DecodeResult:
     midi: miditoolkit.MidiFile
     skipped: Counter = field(default_factory=Counter)  # reason -> number of tokens skipped
-    num_notes: int = 0
+    num_notes: int = 0  # notes written (after resolving overlaps)
+    # same-pitch overlaps resolved (see resolve_overlaps): "same_onset" -> notes dropped, "shortened" -> notes cut
+    resolved: Counter = field(default_factory=Counter)
+
+
+def resolve_overlaps(notes: list[miditoolkit.Note]) -> tuple[list[miditoolkit.Note], Counter]:
+    """Make the notes of one track playable as a MIDI file: no two notes of one pitch may sound at once.
+
+    A MIDI file cannot hold a note whose pitch is already sounding on the same channel (a note-off ends one of
+    them, which one is up to the reader), so the decoder decides, per pitch, in onset order:
+    - of several notes at one onset, the longest is kept (equal lengths: the loudest), the others are dropped;
+    - a note still sounding when the next note of its pitch starts ends there.
+    Returns the kept notes in their input order and Counter(same_onset=dropped, shortened=cut).
+    """
+    counts: Counter = Counter()
+    by_pitch: dict[int, list[int]] = defaultdict(list)
+    for k, n in enumerate(notes):
+        by_pitch[n.pitch].append(k)
+    keep = []
+    for idx in by_pitch.values():
+        idx.sort(key=lambda k: (notes[k].start, -notes[k].end, -notes[k].velocity, k))
+        prev = None
+        for k in idx:
+            note = notes[k]
+            if prev is not None and note.start == prev.start:
+                counts["same_onset"] += 1
+                continue
+            if prev is not None and prev.end > note.start:
+                prev.end = note.start
+                counts["shortened"] += 1
+            keep.append(k)
+            prev = note
+    return [notes[k] for k in sorted(keep)], counts
 
 
 def decode_ticks_per_beat(positions_per_beat: int) -> int:
@@ -46,6 +78,9 @@ def decode_tokens(
 
     Malformed groups are skipped and counted in `.skipped` by reason (a `d-` without its `p-`, unknown tokens,
     out-of-range values, ...); with strict=True the first problem raises ValueError instead.
+
+    Same-pitch notes that would overlap in one track are resolved by `resolve_overlaps` (counted in
+    `.resolved`), so the MidiFile holds exactly what a MIDI file can store and re-reading it changes nothing.
 
     Differences from the original decoder: `d-0` (a note shorter than half a grid step) becomes a quarter-step
     note instead of a whole step, so that re-encoding gives `d-0` again; ticks per beat are 480 unless P does
@@ -145,7 +180,6 @@ def decode_tokens(
                 track = miditoolkit.Instrument(program=0 if is_drum else inst, is_drum=is_drum)
                 tracks[inst] = track
             track.notes.append(miditoolkit.Note(id_to_velocity(val), note_pitch, start_tick, end_tick))
-            num_notes += 1
             dur = None
     if pitch is not None:
         problem("pitch_without_duration", len(tokens), "<end>")
@@ -160,7 +194,12 @@ def decode_tokens(
         if bts != prev_ts:
             midi.time_signature_changes.append(miditoolkit.TimeSignature(bts[0], bts[1], start_pos * ticks_per_pos))
         prev_ts = bts
+    resolved: Counter = Counter()
+    for track in tracks.values():
+        track.notes, counts = resolve_overlaps(track.notes)
+        resolved.update(counts)
+        num_notes += len(track.notes)
     midi.instruments = [tracks[k] for k in sorted(tracks)]
     ends = [n.end for t in midi.instruments for n in t.notes]
     midi.max_tick = max(ends) if ends else 0
-    return DecodeResult(midi, skipped, num_notes)
+    return DecodeResult(midi, skipped, num_notes, resolved)
