@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from museformer_plugin.attention import FineCoarseAttention  # noqa: E402
-from museformer_plugin import attention_sparse  # noqa: E402
-from museformer_plugin.attention_sparse import plan_bar_blocks  # noqa: E402
+from museformer_plugin.attention import sparse as attention_sparse  # noqa: E402
+from museformer_plugin.attention.sparse import plan_bar_blocks  # noqa: E402
 from museformer_plugin.bar_layout import BarLayout, BarScheme, dense_masks  # noqa: E402
 
 METHODS = ("sparse", "dense", "sdpa", "fairseq")

@@ -1,18 +1,24 @@
 """museformer_plugin: the fairseq --user-dir that registers the ``museformer_lm`` task, model and archs.
 
-Importing it only registers things (no CLI side effects); ``sample.py`` and ``eval_ppl.py`` are imported on demand.
+Importing it only registers things (no CLI side effects; nothing without fairseq); ``sample.py`` and
+``eval_ppl.py`` are imported on demand.
 """
-try:
-    import fairseq  # noqa: F401
-except ImportError as err:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "museformer_plugin needs fairseq (the `fairseq-fixed==0.12.3.1` package), which is installed separately "
-        "with --no-deps so that it cannot replace torch: run `make install` in the repository root"
-    ) from err
+import importlib.util
 
-from . import task  # noqa: F401,E402  (registers the museformer_lm task)
-from . import model  # noqa: F401,E402  (registers the museformer_lm model and its archs)
-from . import linear_lm  # noqa: F401,E402  (registers the museformer_linear_lm baseline and its archs)
-from . import fairseq_compat  # noqa: E402
 
-fairseq_compat.install()  # --bf16 / half precision on CPU in fairseq-train (see fairseq_compat.py)
+def _have_fairseq() -> bool:
+    try:
+        return importlib.util.find_spec("fairseq") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+# Without fairseq only the plain-PyTorch parts import (attention/, bar_layout, incremental's window); the modules
+# that need fairseq raise the set-up message of fairseq_required.py when imported.
+if _have_fairseq():
+    from . import task  # noqa: F401  (registers the museformer_lm task)
+    from . import model  # noqa: F401  (registers the museformer_lm model and its archs)
+    from . import linear_lm  # noqa: F401  (registers the museformer_linear_lm baseline and its archs)
+    from . import fairseq_compat
+
+    fairseq_compat.install()  # --bf16 / half precision on CPU in fairseq-train (see fairseq_compat.py)

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
+from . import fairseq_required  # noqa: F401  (a clear message when fairseq is not installed)
 from fairseq.data import FairseqDataset, data_utils
 
 from .bar_layout import PAD_BAR, compute_bar_ids, compute_beat_ids

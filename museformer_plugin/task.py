@@ -18,6 +18,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from . import fairseq_required  # noqa: F401  (a clear message when fairseq is not installed)
 from fairseq import utils
 from fairseq.data import Dictionary, IdDataset, NestedDictionaryDataset, NumelDataset, PadDataset, data_utils
 from fairseq.data.indexed_dataset import get_available_dataset_impl
