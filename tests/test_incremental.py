@@ -191,3 +191,51 @@ def test_sequence_generator_beam_search_matches_full_recompute(task):
         for hc, hr in zip(hyps_c, hyps_r):
             assert torch.equal(hc["tokens"], hr["tokens"])
             assert torch.allclose(hc["positional_scores"], hr["positional_scores"], atol=ATOL)
+
+
+@pytest.mark.parametrize("scheme", ["museformer", "full"])
+def test_prompt_prefill_equals_token_by_token(task, scheme, monkeypatch):
+    """A 200-token prompt (40+ bars) prefilled in ONE full forward, then cached steps: the same logits as feeding
+    every token through the cache one by one (prefill in mid-bar and right after a b-1)."""
+    from museformer_plugin import incremental
+
+    calls = []
+    real_prefill = incremental._prefill
+    monkeypatch.setattr(incremental, "_prefill", lambda *a: calls.append(1) or real_prefill(*a))
+    model = make_model(task, impl="sparse", attention_scheme=scheme, seed=5)
+    song = random_song(task, 300, seed=6)
+    ref, _ = incremental_logits(model, song)
+    assert not calls  # one token per call: no prefill
+    bar_end = int(song[:200].eq(task.bar_token).nonzero().flatten()[-1])
+    for n in (200, bar_end + 1):  # inside a bar / just after a bar's b-1
+        state = {}
+        with torch.no_grad():
+            out, _ = forward_incremental(model.decoder, song[None, :n], state)
+            steps = [forward_incremental(model.decoder, song[None, : t + 1], state)[0][0, -1] for t in range(n, 300)]
+        assert calls, "a prompt in one call must go through the prefill"
+        calls.clear()
+        torch.testing.assert_close(out[0], ref[:n], atol=ATOL, rtol=0)
+        torch.testing.assert_close(torch.stack(steps), ref[n:], atol=ATOL, rtol=0)
+
+
+def test_lean_cache_stops_growing(task):
+    """With the paper's scheme only the BOS, the last 32 bars and the summaries are kept: over 600 tokens of short
+    bars (~150 bars) the stored positions stay within the last 33 bars and the store stops growing, while every
+    logit still equals the full forward. ``full`` attention keeps every position."""
+    from museformer_plugin.incremental import stored_positions
+
+    song = random_song(task, 600, seed=8)
+    bar_end = song.eq(task.bar_token).nonzero().flatten().tolist()
+    for scheme in ("museformer", "full"):
+        model = make_model(task, impl="sparse", attention_scheme=scheme, seed=9)
+        ref = full_logits(model, song)
+        inc, state = incremental_logits(model, song)
+        torch.testing.assert_close(inc, ref, atol=ATOL, rtol=0)
+        cache = model.decoder.get_incremental_state(state, STATE_KEY)
+        kept, cap = stored_positions(model.decoder, state)[0], cache["k0"].size(2)
+        if scheme == "museformer":
+            window = 600 - bar_end[-34]  # tokens of the last 33 bars (the current one and 32 before it)
+            assert kept <= window + 1, (kept, window)
+            assert cap <= 2 * (window + 1), f"store capacity {cap} for {window} needed positions"
+        else:
+            assert kept == 600 and cap >= 600
