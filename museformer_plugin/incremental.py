@@ -22,6 +22,10 @@ only decides which keys each new token sees.
   appended at every step, so a step never gathers. The new query runs one softmax over the window (causality is
   implicit: the window holds only the own bar's tokens up to the new one).
 
+The cached keys and values are fp32 on CPU whatever the weights' dtype (bf16 batched matmuls of the window's
+shape run several times slower than fp32 on CPUs, while the bf16 Linear layers run twice as fast); on CUDA they
+keep the weights' dtype.
+
 Per-sample bookkeeping (CPU long tensor ``meta`` (B, NUM_META) and bar spans (B, nbars), in positions) gives each
 sample its own length, so a batch may hold prompts of different lengths. Bar and beat ids of the new token come
 from the shared ``bar_layout`` definitions, so the embeddings equal the full forward's. Buffers grow by doubling.
@@ -88,8 +92,14 @@ def _empty_state(decoder, batch_size: int, device, dtype, store_cap: int = 64) -
     state["meta"] = meta
     state["bar_start"] = torch.zeros(batch_size, 16, dtype=torch.long)  # bar id -> first position (CPU)
     state["bar_end"] = torch.zeros(batch_size, 16, dtype=torch.long)  # bar id -> one past its last position
-    state["last_out"] = torch.zeros(batch_size, decoder.embed_dim, device=device, dtype=dtype)
+    weights = decoder.embed_tokens.weight
+    state["last_out"] = torch.zeros(batch_size, decoder.embed_dim, device=device, dtype=weights.dtype)
     return state
+
+
+def cache_dtype(param: torch.Tensor) -> torch.dtype:
+    """dtype of the cached keys/values: the weights' on CUDA, fp32 on CPU (see the module docstring)."""
+    return param.dtype if param.device.type == "cuda" else torch.promote_types(param.dtype, torch.float32)
 
 
 def _slot(row, pos: int) -> int:
@@ -278,7 +288,7 @@ def _is_right_padded(tokens: torch.Tensor, pad: int) -> bool:
     return bool(real[:, 0].all()) and bool(real.eq(torch.arange(tokens.size(1), device=tokens.device) < lengths).all())
 
 
-def _prefill(decoder, tokens: torch.Tensor, weights_dtype) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+def _prefill(decoder, tokens: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
     """The cache after a right-padded prompt ``tokens`` (B, T0), from ONE full forward pass (the layers' own
     sparse path): its per-layer regular keys/values fill the store, its K2/V2 the summaries, and each sample's
     current bar gets its window. Returns (state, features (B, T0, C), where a padding column repeats the
@@ -290,7 +300,7 @@ def _prefill(decoder, tokens: torch.Tensor, weights_dtype) -> Tuple[Dict[str, to
     bar_ids, _ = decoder.layout_ids(tokens)
     layout = decoder.build_layout(tokens, bar_ids)
     S = layout.num_summary_slots
-    state = _empty_state(decoder, B, tokens.device, weights_dtype, store_cap=max(64, T0))
+    state = _empty_state(decoder, B, tokens.device, cache_dtype(decoder.embed_tokens.weight), store_cap=max(64, T0))
     _ensure_capacity(state, L, 0, max(layout.num_bars, S) + 2)
     for i, (k_reg, v_reg, k2, v2) in enumerate(sink):
         state[f"k{i}"][:, :, :T0] = k_reg
@@ -352,10 +362,10 @@ def forward_incremental(decoder, prev_output_tokens: torch.Tensor, incremental_s
                       "beat_lut": decoder.beat_lut.cpu()}
     param = decoder.embed_tokens.weight
     if state is None and T > 1 and _is_right_padded(prev_output_tokens, decoder.pad):
-        state, feats = _prefill(decoder, prev_output_tokens, param.dtype)  # the prompt in one pass
+        state, feats = _prefill(decoder, prev_output_tokens)  # the prompt in one pass
     else:
         if state is None:
-            state = _empty_state(decoder, B, param.device, param.dtype)
+            state = _empty_state(decoder, B, param.device, cache_dtype(param))
         assert state["meta"].size(0) == B, (
             f"incremental state holds {state['meta'].size(0)} samples but prev_output_tokens has {B}; "
             "reorder the state (reorder_incremental_state) when the batch changes")

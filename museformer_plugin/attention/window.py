@@ -18,10 +18,14 @@ from .common import head_scale, scaled_scores
 def attend_window(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: Optional[torch.Tensor] = None):
     """softmax((q/√D)·kᵀ)·v over the first ``lengths[b]`` keys of each sample (all W keys when None).
 
-    q (B, H, Q, D), k/v (B, H, W, D), lengths long (B,) on q's device with 1 <= lengths <= W. Returns (B, H, Q, D).
+    q (B, H, Q, D), k/v (B, H, W, D), lengths long (B,) on q's device with 1 <= lengths <= W. Returns (B, H, Q, D)
+    in q's dtype. The cache may be kept in another dtype than the weights (fp32 keys and values for bf16 weights
+    on CPU, where bf16 batched matmuls of this shape are several times slower than fp32): q is cast to it.
     """
+    out_dtype = q.dtype
+    q = q.to(k.dtype)
     scores = scaled_scores(q, k, head_scale(q))  # (B, H, Q, W) fp32
     if lengths is not None:
         hidden = torch.arange(k.size(2), device=k.device)[None, :] >= lengths[:, None]  # (B, W) True = hidden
         scores = scores.masked_fill(hidden[:, None, None, :], float("-inf"))
-    return torch.matmul(F.softmax(scores, dim=-1).to(v.dtype), v)
+    return torch.matmul(F.softmax(scores, dim=-1).to(v.dtype), v).to(out_dtype)
