@@ -39,7 +39,7 @@ def read_checkpoint(path: str) -> dict:
     try:
         state = checkpoint_utils.load_checkpoint_to_cpu(path)
     except Exception as err:  # torch raises several types for a damaged file (RuntimeError, EOFError, Unpickling...)
-        reason = f"{type(err).__name__}: {err}".splitlines()[0]
+        reason = f"{type(err).__name__}: {err}".splitlines()[0].split(". ")[0]  # torch's first sentence says it
         raise CheckpointError(f"cannot read checkpoint {path} ({reason}): {TRUNCATED_HINT}") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"cannot read checkpoint {path} (no model state in it): {TRUNCATED_HINT}")
