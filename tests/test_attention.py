@@ -11,10 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from museformer_plugin import attention_sparse
-from museformer_plugin.attention import FineCoarseAttention, attend_regular_dense, attend_summaries_dense
-from museformer_plugin.attention_sparse import attend_regular_sparse, attend_summaries_sparse
-from museformer_plugin.bar_layout import BarLayout, BarScheme
+from needs import require_fairseq
+
+require_fairseq()
+
+from museformer_plugin import attention_sparse  # noqa: E402
+from museformer_plugin.attention import FineCoarseAttention, attend_regular_dense, attend_summaries_dense  # noqa: E402
+from museformer_plugin.attention_sparse import attend_regular_sparse, attend_summaries_sparse  # noqa: E402
+from museformer_plugin.bar_layout import BarLayout, BarScheme  # noqa: E402
 
 BOS, PAD, BAR, NOTE = 2, 1, 5, 7
 TOL = dict(atol=1e-5, rtol=1e-5)

@@ -2,7 +2,11 @@
 import pytest
 import torch
 
-from museformer_plugin.bar_layout import (
+from needs import require_fairseq
+
+require_fairseq()
+
+from museformer_plugin.bar_layout import (  # noqa: E402
     MUSEFORMER_COARSE,
     MUSEFORMER_FINE,
     PAD_BAR,
