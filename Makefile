@@ -29,7 +29,7 @@ $(STAMP): setup.py Makefile
 	touch $(STAMP)
 
 test: install
-	$(VENV)/bin/pytest -q tests
+	$(VENV)/bin/pytest -q -rs tests
 
 demo: install
 	bash run_scripts/demo.sh

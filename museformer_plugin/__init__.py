@@ -3,14 +3,14 @@
 Importing it only registers things (no CLI side effects; nothing without fairseq); ``sample.py`` and
 ``eval_ppl.py`` are imported on demand.
 """
-import importlib.util
 
 
 def _have_fairseq() -> bool:
     try:
-        return importlib.util.find_spec("fairseq") is not None
-    except (ImportError, ValueError):
+        import fairseq  # noqa: F401
+    except ImportError:  # missing, or broken (its compiled extensions against another numpy)
         return False
+    return True
 
 
 # Without fairseq only the plain-PyTorch parts import (attention/, bar_layout, incremental's window); the modules

@@ -26,6 +26,7 @@ logger = logging.getLogger("museformer_plugin.eval_ppl")
 
 PAPER_LENGTHS = (1024, 5120, 10240)  # the paper's Table 1 (spec §6.3)
 SPLITS = ("train", "valid", "test")
+WHOLE_SONG = 2**62  # a truncation length no song reaches
 
 
 def parse_lengths(text: str) -> List[int]:
@@ -47,7 +48,7 @@ def check_inputs(checkpoint: str, data: str, split: str) -> None:
     """FileNotFoundError with the fix when the checkpoint, the data dir or the split is missing."""
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(
-            f"checkpoint {checkpoint!r} not found; train one with run_scripts/train.sh (it writes "
+            f"checkpoint {checkpoint} not found; train one with run_scripts/train.sh (it writes "
             "SAVE_DIR/checkpoint_best.pt and checkpoint_last.pt)"
         )
     if not os.path.isdir(data):
@@ -83,10 +84,13 @@ def evaluate(checkpoint: str, data: str, split: str = "test", lengths: Sequence[
     from fairseq import checkpoint_utils, utils
 
     import museformer_plugin  # noqa: F401  (registers the task and the models before the checkpoint is read)
+    from museformer_plugin.checkpoint_io import read_checkpoint
 
     use_cuda = torch.cuda.is_available() and not cpu
     overrides = {"data": data, **(model_overrides or {})}
-    models, saved_cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
+    state = read_checkpoint(checkpoint)  # CheckpointError (one line) for a truncated or foreign file
+    models, saved_cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides,
+                                                                            state=state)
     model = models[0].eval()
     if fp16 and bf16:
         raise ValueError("--fp16 and --bf16 exclude each other; pass one")
@@ -99,8 +103,9 @@ def evaluate(checkpoint: str, data: str, split: str = "test", lengths: Sequence[
     criterion = task.build_criterion(saved_cfg.criterion)
     criterion.eval()
 
-    # Full song lengths (untruncated) to report how many songs are shorter than each L.
-    _set_truncation(task, split, None)
+    # Full song lengths (untruncated) to report how many songs are shorter than each L. (None would fall back to
+    # the checkpoint's --truncate-train, see MuseformerLMTask._truncation.)
+    _set_truncation(task, split, WHOLE_SONG)
     full_sizes = task.load_dataset(split).sizes.copy()
     max_positions = utils.resolve_max_positions(task.max_positions(), model.max_positions())
     if max_positions is not None and max(lengths) > max_positions and full_sizes.max() > max_positions:
@@ -204,7 +209,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ValueError(f"--model-overrides must be a python dict literal, got {args.model_overrides!r}")
         results = evaluate(args.checkpoint, args.data, args.split, lengths, args.max_tokens, args.batch_size,
                            args.cpu, args.fp16, overrides, args.bf16)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError) as err:  # CheckpointError and MuseformerInputError are ValueErrors
         print(f"museformer-eval-ppl: error: {err}", file=sys.stderr)
         return 2
     print(format_table(results, f"perplexity of {args.checkpoint} on '{args.split}' ({args.data})"))

@@ -4,15 +4,15 @@ The attention backends, the bar layout and the cached decoding window are plain 
 fairseq (a GPU machine can test them before fairseq is built there); the task, the models, evaluation and
 sampling need it.
 """
-import importlib.util
 
 
 
 def have_fairseq() -> bool:
     try:
-        return importlib.util.find_spec("fairseq") is not None
-    except (ImportError, ValueError):  # a broken or blocked install counts as missing
+        import fairseq  # noqa: F401
+    except ImportError:  # missing, or broken (its compiled extensions against another numpy)
         return False
+    return True
 
 
 HAVE_FAIRSEQ = have_fairseq()

@@ -159,10 +159,12 @@ def load_model(checkpoint: str, data_dir: str, device: str = "cpu"):
     from . import model as _model  # noqa: F401  (registers the museformer_lm model)
     from . import task as _task  # noqa: F401  (registers the museformer_lm task)
 
+    from .checkpoint_io import CheckpointError, read_checkpoint
+
     try:
-        state = checkpoint_utils.load_checkpoint_to_cpu(checkpoint)
-    except Exception as err:  # a corrupt or foreign file: say which, without a traceback
-        raise SampleError(f"cannot read checkpoint {checkpoint}: {type(err).__name__}: {err}".splitlines()[0]) from None
+        state = read_checkpoint(checkpoint)  # the same one-line error as every console script
+    except CheckpointError as err:
+        raise SampleError(str(err)) from None
     cfg = state.get("cfg")
     if cfg is None or cfg.get("task") is None or cfg.task.get("_name") != "museformer_lm":
         name = cfg.task.get("_name") if cfg is not None and cfg.get("task") is not None else None

@@ -27,6 +27,7 @@ from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
 from .bar_layout import build_beat_lut
+from .checkpoint_io import MuseformerInputError, install_atomic_checkpoint_copies, install_one_line_errors
 from .dataset import MuseformerDataset
 
 logger = logging.getLogger(__name__)
@@ -52,12 +53,14 @@ class MuseformerLMConfig(FairseqDataclass):
     )
     truncate_valid: Optional[int] = field(
         default=None,
-        metadata={"help": "keep only the first N tokens of each validation song (paper: 10240); default: whole song"},
+        metadata={"help": "keep only the first N tokens of each validation song (paper: 10240); default: "
+                  "--truncate-train when that is set (so a song that fits a training batch fits here too), "
+                  "else the whole song"},
     )
     truncate_test: Optional[int] = field(
         default=None,
         metadata={"help": "keep only the first N tokens of each test song (paper PPL: 1024/5120/10240); "
-                  "default: whole song"},
+                  "default: --truncate-train when that is set, else the whole song"},
     )
     beat_mask_ts: bool = field(
         default=False,
@@ -90,13 +93,29 @@ class MuseformerLMTask(FairseqTask):
             raise FileNotFoundError(f"no dict.txt in data directory {data_path!r}; build it with `museformer-prep all`")
         dictionary = Dictionary.load(dict_path)
         logger.info("dictionary: %d types", len(dictionary))
+        # Every fairseq CLI sets the task up before it saves or fails: checkpoint copies become atomic (a kill
+        # during a save cannot truncate checkpoint_last.pt) and our input errors print as one line.
+        install_atomic_checkpoint_copies()
+        install_one_line_errors()
         return cls(cfg, dictionary)
 
     def _truncation(self, split: str) -> Optional[int]:
-        """--truncate-{train,valid,test} by split name prefix (valid1, test_long, ... included)."""
+        """--truncate-{train,valid,test} by split name prefix (valid1, test_long, ... included).
+
+        An unset --truncate-valid / --truncate-test takes --truncate-train's value (logged once per split): with
+        only --truncate-train and --max-tokens given, validation songs then fit a batch exactly as training songs do.
+        """
         for prefix in ("train", "valid", "test"):
             if split.startswith(prefix):
-                return getattr(self.cfg, f"truncate_{prefix}")
+                value = getattr(self.cfg, f"truncate_{prefix}")
+                if value is None and prefix != "train" and self.cfg.truncate_train is not None:
+                    value = self.cfg.truncate_train
+                    logged = self.__dict__.setdefault("_logged_default_truncation", set())
+                    if split not in logged:
+                        logged.add(split)
+                        logger.info("--truncate-%s not set: %s songs are cut to --truncate-train %d tokens "
+                                    "(pass --truncate-%s N to change it)", prefix, split, value, prefix)
+                return value
         return None
 
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
@@ -139,9 +158,37 @@ class MuseformerLMTask(FairseqTask):
             logger.info("using --required-batch-size-multiple 1 (was %d): fairseq's batch_by_size drops samples "
                         "otherwise", required_batch_size_multiple)
             self._warned_bsz_mult = True
+        if max_tokens is not None and len(dataset) > 0:
+            max_positions = self._check_fits_max_tokens(dataset, max_tokens, max_positions, ignore_invalid_inputs)
         return super().get_batch_iterator(
             dataset, max_tokens=max_tokens, max_sentences=max_sentences, max_positions=max_positions,
             ignore_invalid_inputs=ignore_invalid_inputs, required_batch_size_multiple=1, **kwargs,
+        )
+
+    def _check_fits_max_tokens(self, dataset, max_tokens: int, max_positions, ignore_invalid_inputs: bool):
+        """Refuse (or, where fairseq may skip songs, skip) songs longer than ``--max-tokens``; returns max_positions.
+
+        fairseq's Cython ``batch_by_size`` asserts "Sentences lengths should not exceed max_tokens" on such a song,
+        naming neither the subset nor the fix. A validation / test subset with --skip-invalid-size-inputs-valid-test
+        instead skips them: ``max_positions`` is lowered to ``max_tokens``, so fairseq's own size filter drops them
+        and logs how many. Training songs are never skipped (fairseq always passes ignore_invalid_inputs for them,
+        which would silently lose data): a too-long one is an error.
+        """
+        split = next((name for name, ds in self.datasets.items() if ds is dataset), None)
+        longest = int(np.max(dataset.sizes))
+        if longest <= max_tokens:
+            return max_positions
+        is_train = split is not None and split.startswith("train")
+        if ignore_invalid_inputs and not is_train:
+            return utils.resolve_max_positions(max_positions, max_tokens)
+        prefix = next((p for p in ("train", "valid", "test") if split and split.startswith(p)), "valid")
+        where = f"subset {split!r}" if split else "a subset"
+        fixes = f"--truncate-{prefix} N with N <= {max_tokens}, or --max-tokens {longest}"
+        if not is_train:
+            fixes += ", or --skip-invalid-size-inputs-valid-test (skips those songs)"
+        raise MuseformerInputError(
+            f"{where} has a song of {longest} tokens, longer than --max-tokens {max_tokens} (a batch must hold at "
+            f"least one whole song): use {fixes}"
         )
 
     def eval_lm_dataloader(self, dataset, max_tokens: Optional[int] = 36000, batch_size: Optional[int] = None,

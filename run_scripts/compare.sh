@@ -2,14 +2,15 @@
 # Train every attention preset with the same size, steps and seed, evaluate them at the same lengths, and write a
 # markdown table: the paper's Table 1 (spec §6.3) at whatever scale you can afford.
 #
-# Usage:  bash run_scripts/compare.sh DATA_BIN [extra fairseq-train arguments for every model]
-#   SIZE=tiny MAX_UPDATE=300 LENGTHS=256,1024 bash run_scripts/compare.sh data-bin/bach
-#   SIZE=paper NPROC=4 MAX_UPDATE=100000 bash run_scripts/compare.sh data-bin/lmd6remi --batch-size 1
+# Usage:  DATA_BIN=data-bin/NAME [VAR=value ...] bash run_scripts/compare.sh [fairseq-train flags for every model]
+#   DATA_BIN=data-bin/bach SIZE=tiny MAX_UPDATE=300 LENGTHS=256,1024 bash run_scripts/compare.sh
+#   DATA_BIN=data-bin/lmd6remi SIZE=paper NPROC=4 MAX_UPDATE=100000 bash run_scripts/compare.sh --batch-size 1
 # Every train.sh variable set in the environment (MAX_TOKENS, LR, WARMUP, NPROC, DEVICE, TRUNCATE_TRAIN, ...)
 # applies to every model. A finished run is not retrained (fairseq-train stops at once at MAX_UPDATE), so an
 # interrupted comparison continues where it stopped.
 #
 # Variables:
+#   DATA_BIN                 binarised data dir from `museformer-prep all` (required)
 #   PRESETS="museformer full recent8 no-coarse linear"   models to compare: --attention-scheme presets of
 #                            museformer_lm, and `linear` = the museformer_linear_lm baseline
 #   SIZE=tiny                tiny (museformer_lm_tiny / museformer_linear_lm_tiny) | paper (4 x 512, spec §4.1)
@@ -25,13 +26,10 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 show_help_if_asked "$@"
 use_project_venv
-if [[ $# -lt 1 ]]; then
-  echo "usage: bash run_scripts/compare.sh DATA_BIN [extra fairseq-train args] (see --help)" >&2
-  exit 2
-fi
+no_positional "$@"
 
-export DATA_BIN="$1"
-shift
+require_var DATA_BIN "data-bin/NAME"
+export DATA_BIN
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PRESETS="${PRESETS:-museformer full recent8 no-coarse linear}"
 SIZE="${SIZE:-tiny}"
@@ -61,8 +59,8 @@ for preset in $PRESETS; do
   echo "=== $preset: train $arch for $MAX_UPDATE updates -> $run_dir"
   SAVE_DIR="$run_dir" ARCH="$arch" bash "$SCRIPT_DIR/train.sh" "${model_args[@]}" "$@" 2>&1 | tee -a "$run_dir/train.log"
   echo "=== $preset: perplexity at $LENGTHS"
-  OUT_JSON="$run_dir/ppl.json" SPLIT="$SPLIT" LENGTHS="$LENGTHS" \
-    bash "$SCRIPT_DIR/eval_ppl.sh" "$run_dir/checkpoint_best.pt" "$DATA_BIN" 2>&1 | tee "$run_dir/eval.log"
+  CHECKPOINT="$run_dir/checkpoint_best.pt" OUT_JSON="$run_dir/ppl.json" SPLIT="$SPLIT" LENGTHS="$LENGTHS" \
+    bash "$SCRIPT_DIR/eval_ppl.sh" 2>&1 | tee "$run_dir/eval.log"
   runs+=("$preset=$run_dir")
 done
 
@@ -72,7 +70,7 @@ for var in SIZE MAX_UPDATE SEED LENGTHS PRESETS DEVICE NPROC PRECISION MAX_TOKEN
            TRUNCATE_TRAIN TRUNCATE_VALID SAVE_INTERVAL_UPDATES; do
   [[ -n "${!var:-}" ]] && settings+="$var=$(printf '%q' "${!var}") "
 done
-cmd_line="${settings}bash run_scripts/compare.sh $(printf '%q ' "$DATA_BIN" "$@")"
+cmd_line="DATA_BIN=$(printf '%q' "$DATA_BIN") ${settings}bash run_scripts/compare.sh $(printf '%q ' "$@")"
 table=(python -m museformer_plugin.compare_table --out "$RESULTS_MD" --command "$cmd_line" "${runs[@]}")
 echo "+ $(printf '%q ' "${table[@]}")"
 PYTHONPATH="$(dirname "$SCRIPT_DIR")${PYTHONPATH:+:$PYTHONPATH}" "${table[@]}"

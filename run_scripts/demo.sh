@@ -17,12 +17,14 @@
 #   LENGTHS=256,1024         evaluation lengths in tokens
 #   NUM_SAMPLES=1            pieces to sample
 #   SAMPLE_BARS=16           bars per sampled piece
+#   SAMPLE_MAX_TOKENS=20480  longest sampled piece in tokens (the original's), whatever SAMPLE_BARS says
 #   WORKERS=2                processes for corpus writing and tokenising
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 show_help_if_asked "$@"
 use_project_venv
+no_positional "$@"
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$SCRIPT_DIR")"
@@ -34,6 +36,7 @@ TRAIN_MINUTES="${TRAIN_MINUTES:-4}"
 LENGTHS="${LENGTHS:-256,1024}"
 NUM_SAMPLES="${NUM_SAMPLES:-1}"
 SAMPLE_BARS="${SAMPLE_BARS:-16}"
+SAMPLE_MAX_TOKENS="${SAMPLE_MAX_TOKENS:-20480}"
 WORKERS="${WORKERS:-2}"
 
 for tool in python museformer-prep fairseq-train; do
@@ -64,13 +67,13 @@ DATA_BIN="$OUT/data-bin" SAVE_DIR="$OUT/checkpoints" ARCH="$ARCH" DEVICE=cpu NPR
   bash "$SCRIPT_DIR/train.sh" --stop-time-hours "$stop_hours"
 
 stage "4/5 evaluate: perplexity on the test split at $LENGTHS tokens"
-OUT_JSON="$OUT/ppl.json" LENGTHS="$LENGTHS" DEVICE=cpu \
-  bash "$SCRIPT_DIR/eval_ppl.sh" "$OUT/checkpoints/checkpoint_best.pt" "$OUT/data-bin"
+CHECKPOINT="$OUT/checkpoints/checkpoint_best.pt" DATA_BIN="$OUT/data-bin" OUT_JSON="$OUT/ppl.json" \
+  LENGTHS="$LENGTHS" DEVICE=cpu bash "$SCRIPT_DIR/eval_ppl.sh"
 
 stage "5/5 sample: $NUM_SAMPLES piece(s) of $SAMPLE_BARS bars -> $OUT/samples"
 if [[ -f "$REPO/museformer_plugin/sample.py" ]]; then
   run museformer-sample "$OUT/checkpoints/checkpoint_best.pt" --data "$OUT/data-bin" --out "$OUT/samples" \
-    --num-samples "$NUM_SAMPLES" --max-bars "$SAMPLE_BARS" --grammar-mask --seed 1
+    --num-samples "$NUM_SAMPLES" --max-bars "$SAMPLE_BARS" --max-tokens "$SAMPLE_MAX_TOKENS" --grammar-mask --seed 1
 else
   echo "museformer_plugin/sample.py is not there yet: skipping sampling"
 fi

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Perplexity of a checkpoint on the first L tokens of every song, for several L in one run (spec §6.1).
 #
-# Usage:  bash run_scripts/eval_ppl.sh CHECKPOINT DATA_BIN [extra museformer-eval-ppl arguments]
-#   bash run_scripts/eval_ppl.sh checkpoints/museformer/checkpoint_best.pt data-bin/lmd6remi
-#   LENGTHS=256,1024 SPLIT=valid bash run_scripts/eval_ppl.sh ckpt.pt data-bin/demo --batch-size 4
+# Usage:  CHECKPOINT=ckpt.pt DATA_BIN=data-bin/NAME [VAR=value ...] bash run_scripts/eval_ppl.sh [museformer-eval-ppl flags]
+#   CHECKPOINT=checkpoints/museformer/checkpoint_best.pt DATA_BIN=data-bin/lmd6remi bash run_scripts/eval_ppl.sh
+#   CHECKPOINT=ckpt.pt DATA_BIN=data-bin/demo LENGTHS=256,1024 SPLIT=valid bash run_scripts/eval_ppl.sh --batch-size 4
 # Prints a table (loss in bits/token, ppl = 2^loss) and writes JSON {L: {loss, ppl, tokens, songs, ...}}.
 # Same number as `fairseq-validate DATA --task museformer_lm --path CKPT --valid-subset test --truncate-test L`.
 #
 # Variables:
+#   CHECKPOINT               checkpoint .pt written by fairseq-train / run_scripts/train.sh (required)
+#   DATA_BIN                 the binarised data dir (dict.txt, SPLIT.bin/.idx) (required)
 #   SPLIT=test               split to score (train | valid | test)
 #   LENGTHS=1024,5120,10240  truncation lengths in tokens (the paper's Table 1)
 #   OUT_JSON=<checkpoint dir>/ppl_<split>.json   where the JSON goes
@@ -18,14 +20,10 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 show_help_if_asked "$@"
 use_project_venv
-if [[ $# -lt 2 ]]; then
-  echo "usage: bash run_scripts/eval_ppl.sh CHECKPOINT DATA_BIN [extra museformer-eval-ppl args] (see --help)" >&2
-  exit 2
-fi
+no_positional "$@"
 
-CHECKPOINT="$1"
-DATA_BIN="$2"
-shift 2
+require_var CHECKPOINT "path/to/checkpoint.pt"
+require_var DATA_BIN "data-bin/NAME"
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SPLIT="${SPLIT:-test}"
 LENGTHS="${LENGTHS:-1024,5120,10240}"

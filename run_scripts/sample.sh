@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sample pieces from a trained Museformer with the KV-cached decoder and write MIDI + token files.
 #
-# Usage:  CHECKPOINT=ckpt.pt DATA_BIN=data-bin/NAME [VAR=value ...] bash run_scripts/sample.sh [extra arguments]
+# Usage:  CHECKPOINT=ckpt.pt DATA_BIN=data-bin/NAME [VAR=value ...] bash run_scripts/sample.sh [museformer-sample flags]
 # Extra arguments go to museformer-sample last, so they override the flags below (see `museformer-sample --help`).
 #
 #   # 4 unconditional pieces with the original's settings (top-k 8, temperature 1, 1,024..20,480 tokens)
@@ -26,29 +26,40 @@
 #   SEED=1                   random seed: the same seed gives the same pieces
 #   DEVICE=cpu               cpu | cuda
 #   THREADS=                 torch CPU threads (--threads); empty = all cores
+#   SAMPLE=museformer-sample the command (falls back to `python -m museformer_plugin.sample`)
 set -euo pipefail
 
-CHECKPOINT=${CHECKPOINT:?set CHECKPOINT=path/to/checkpoint.pt}
-DATA_BIN=${DATA_BIN:?set DATA_BIN=data-bin/NAME (the data dir the model was trained on)}
-OUT=${OUT:-samples}
-NUM_SAMPLES=${NUM_SAMPLES:-4}
-BATCH_SIZE=${BATCH_SIZE:-1}
-TOP_K=${TOP_K:-8}
-TEMPERATURE=${TEMPERATURE:-1.0}
-MIN_TOKENS=${MIN_TOKENS:-1024}
-MAX_TOKENS=${MAX_TOKENS:-20480}
-SEED=${SEED:-1}
-DEVICE=${DEVICE:-cpu}
-THREADS=${THREADS:-}
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+show_help_if_asked "$@"
+use_project_venv
+no_positional "$@"
 
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PYTHON=${PYTHON:-python}
-[ -x "$REPO_ROOT/.venv/bin/python" ] && PYTHON="$REPO_ROOT/.venv/bin/python"
+require_var CHECKPOINT "path/to/checkpoint.pt"
+require_var DATA_BIN "data-bin/NAME"
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+OUT="${OUT:-samples}"
+NUM_SAMPLES="${NUM_SAMPLES:-4}"
+BATCH_SIZE="${BATCH_SIZE:-1}"
+TOP_K="${TOP_K:-8}"
+TEMPERATURE="${TEMPERATURE:-1.0}"
+MIN_TOKENS="${MIN_TOKENS:-1024}"
+MAX_TOKENS="${MAX_TOKENS:-20480}"
+SEED="${SEED:-1}"
+DEVICE="${DEVICE:-cpu}"
+THREADS="${THREADS:-}"
+if [[ -z "${SAMPLE:-}" ]]; then
+  if command -v museformer-sample >/dev/null; then
+    SAMPLE=museformer-sample
+  else
+    SAMPLE="python -m museformer_plugin.sample"
+    export PYTHONPATH="$(dirname "$SCRIPT_DIR")${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+fi
 
-cmd=("$PYTHON" -m museformer_plugin.sample "$CHECKPOINT" --data "$DATA_BIN" --out "$OUT"
+# shellcheck disable=SC2206  # SAMPLE may be a command with arguments
+cmd=($SAMPLE "$CHECKPOINT" --data "$DATA_BIN" --out "$OUT"
      --num-samples "$NUM_SAMPLES" --batch-size "$BATCH_SIZE" --top-k "$TOP_K" --temperature "$TEMPERATURE"
      --min-tokens "$MIN_TOKENS" --max-tokens "$MAX_TOKENS" --seed "$SEED" --device "$DEVICE"
      ${THREADS:+--threads "$THREADS"} "$@")
-echo "${cmd[*]}"
-# PYTHONPATH: the plugin is importable from a plain checkout too (before `pip install -e .`)
-PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "${cmd[@]}"
+echo "+ $(printf '%q ' "${cmd[@]}")"
+exec "${cmd[@]}"

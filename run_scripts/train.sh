@@ -52,9 +52,10 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 show_help_if_asked "$@"
 use_project_venv
+no_positional "$@"
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-: "${DATA_BIN:?set DATA_BIN to a binarised data dir made by museformer-prep all (see --help)}"
+require_var DATA_BIN "data-bin/NAME"
 SAVE_DIR="${SAVE_DIR:-checkpoints/museformer}"
 ARCH="${ARCH:-museformer_lm}"
 TASK="${TASK:-museformer_lm}"
@@ -113,8 +114,8 @@ fi
 
 for trunc in TRUNCATE_TRAIN TRUNCATE_VALID; do
   if [[ "$MAX_TOKENS" -lt "${!trunc}" ]]; then
-    echo "train.sh: note: MAX_TOKENS=$MAX_TOKENS < $trunc=${!trunc}: a song longer than MAX_TOKENS stops fairseq with" \
-         "'Sentences lengths should not exceed max_tokens'; set $trunc <= MAX_TOKENS if the data has such songs" >&2
+    echo "train.sh: note: MAX_TOKENS=$MAX_TOKENS < $trunc=${!trunc}: a training song longer than MAX_TOKENS stops" \
+         "the run with an error, a validation song that long is skipped; set $trunc <= MAX_TOKENS to keep them" >&2
   fi
 done
 

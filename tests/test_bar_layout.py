@@ -2,7 +2,11 @@
 import pytest
 import torch
 
-from museformer_plugin.bar_layout import (
+from needs import require_fairseq
+
+require_fairseq()
+
+from museformer_plugin.bar_layout import (  # noqa: E402
     MUSEFORMER_COARSE,
     MUSEFORMER_FINE,
     PAD_BAR,
@@ -216,3 +220,38 @@ def test_bar_spans():
     start, end = bar_spans(layout)
     assert start.tolist() == [[0, 1, 3, 4], [0, 1, 0, 0]]
     assert end.tolist() == [[1, 3, 4, 6], [1, 3, 0, 0]]
+
+
+PAPER_FINE_OFFSETS = (1, 2, 4, 8, 12, 16, 24, 32)  # spec §2.3: the structure-related previous bars
+
+
+def expected_preset(preset, bar):
+    """(fine, coarse) bar lists of query ``bar`` for ``preset``, written from the definitions, not from the code."""
+    previous = set(range(1, bar))
+    if preset == "full":
+        fine = previous
+    elif preset == "recent8":
+        fine = {j for j in previous if bar - j <= 8}
+    else:  # museformer and no-coarse share the paper's fine bars
+        fine = {bar - d for d in PAPER_FINE_OFFSETS if bar - d >= 1}
+    coarse = set() if preset in ("full", "no-coarse") else previous - fine
+    return sorted(fine), sorted(coarse)
+
+
+@pytest.mark.parametrize("preset", ["museformer", "full", "recent8", "no-coarse"])
+def test_preset_definitions(preset):
+    """recent8: exactly the previous 8 bars fine, all older bars coarse; no-coarse: the paper's fine bars and no
+    summaries; full: every previous bar fine. Checked row by row for 70 bars (past the 32-bar offset)."""
+    fine, coarse = BarScheme.from_args(preset).matrices(70)
+    for bar in range(71):
+        exp_fine, exp_coarse = expected_preset(preset, bar)
+        assert fine[bar].nonzero().flatten().tolist() == exp_fine, (preset, bar)
+        assert coarse[bar].nonzero().flatten().tolist() == exp_coarse, (preset, bar)
+
+
+def test_preset_definitions_distinguish_the_presets():
+    """The expectations above are not all the same split: each preset differs from every other one somewhere."""
+    rows = {p: [expected_preset(p, bar) for bar in range(71)] for p in ("museformer", "full", "recent8", "no-coarse")}
+    names = sorted(rows)
+    assert all(rows[a] != rows[b] for i, a in enumerate(names) for b in names[i + 1:])
+    assert expected_preset("recent8", 20) == (list(range(12, 20)), list(range(1, 12)))

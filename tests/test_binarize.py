@@ -7,13 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.cli import main
-from data_prep.config import TokenizerConfig
-from data_prep.split import SPLITS
-from data_prep.vocab import build_vocab
-from midi_factory import make_song
+from needs import require_fairseq
 
-fairseq = pytest.importorskip("fairseq", reason="binarising needs fairseq (make install)")
+require_fairseq()
+
+from data_prep.cli import main  # noqa: E402
+from data_prep.config import TokenizerConfig  # noqa: E402
+from data_prep.split import SPLITS  # noqa: E402
+from data_prep.vocab import build_vocab  # noqa: E402
+from midi_factory import make_song  # noqa: E402
+
 from fairseq.data import Dictionary, data_utils  # noqa: E402
 
 

@@ -2,7 +2,11 @@
 import pytest
 import torch
 
-from lm_data import binarize, dict_symbols, make_model, make_task
+from needs import require_fairseq
+
+require_fairseq()
+
+from lm_data import binarize, dict_symbols, make_model, make_task  # noqa: E402
 
 BAR1 = "t-38 o-0 i-0 p-60 d-12 v-20 o-12 i-0 p-62 d-6 v-20 b-1".split()  # 12 tokens
 BAR2 = "t-38 o-6 i-25 p-64 d-6 v-20 b-1".split()  # 7 tokens

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("fairseq")
+from needs import require_fairseq
+
+require_fairseq()
 
 from museformer_plugin import eval_ppl  # noqa: E402
 

@@ -13,12 +13,15 @@ import random
 
 import pytest
 import torch
+from needs import require_fairseq
+
+require_fairseq()
 
 from lm_data import dict_symbols, make_data_bin, make_model, make_task, write_dict
-from museformer_plugin.attention import dense, sparse, window
-from museformer_plugin.bar_layout import BarLayout, BarScheme
-from museformer_plugin.fairseq_compat import fix_half_precision_args
-from museformer_plugin.incremental import forward_incremental
+from museformer_plugin.attention import dense, sparse, window  # noqa: E402
+from museformer_plugin.bar_layout import BarLayout, BarScheme  # noqa: E402
+from museformer_plugin.fairseq_compat import fix_half_precision_args  # noqa: E402
+from museformer_plugin.incremental import forward_incremental  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 REL_TOL = {torch.bfloat16: 3e-2, torch.float16: 4e-3}

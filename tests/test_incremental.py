@@ -9,8 +9,12 @@ import random
 import pytest
 import torch
 
-from lm_data import dict_symbols, make_model, make_task, write_dict
-from museformer_plugin.incremental import META_KEY, NUM_COMPLETE, STATE_KEY, forward_incremental, reorder
+from needs import require_fairseq
+
+require_fairseq()
+
+from lm_data import dict_symbols, make_model, make_task, write_dict  # noqa: E402
+from museformer_plugin.incremental import META_KEY, NUM_COMPLETE, STATE_KEY, forward_incremental, reorder  # noqa: E402
 
 # Float32 on CPU: the cached step sums the same terms in a different order than the full forward (other key order,
 # other matmul shapes), which moves logits by ~1e-6; a wrong mask, bar id or summary moves them by > 1e-2.

@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-pytest.importorskip("fairseq")
+from needs import require_fairseq
+
+require_fairseq()
 
 from museformer_plugin.linear_lm import (  # noqa: E402
     MuseformerLinearLM,

@@ -3,7 +3,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lm_data import make_data_bin, make_model, make_task, write_dict
+from needs import require_fairseq
+
+require_fairseq()
+
+from lm_data import make_data_bin, make_model, make_task, write_dict  # noqa: E402
 
 # Float32 on CPU: a forward over a different sequence length or batch changes summation order in matmuls and
 # softmax, which moves logits by ~1e-6; a real leak or a padding bug moves them by > 1e-2.

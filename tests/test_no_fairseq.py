@@ -2,8 +2,9 @@
 and every fairseq-dependent module fails with the one set-up message."""
 import subprocess
 import sys
+from pathlib import Path
 
-from lm_data import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 BLOCK_FAIRSEQ = '''
 import sys, importlib.abc

@@ -14,12 +14,16 @@ import miditoolkit
 import pytest
 import torch
 
-from lm_data import REPO_ROOT
-from data_prep.config import TokenizerConfig
-from data_prep.grammar import count_errors
-from data_prep.midi_to_tokens import encode_midi
-from data_prep.vocab import write_dict
-from museformer_plugin.sample import main
+from needs import require_fairseq
+
+require_fairseq()
+
+from lm_data import REPO_ROOT  # noqa: E402
+from data_prep.config import TokenizerConfig  # noqa: E402
+from data_prep.grammar import count_errors  # noqa: E402
+from data_prep.midi_to_tokens import encode_midi  # noqa: E402
+from data_prep.vocab import write_dict  # noqa: E402
+from museformer_plugin.sample import main  # noqa: E402
 
 TOK_CFG = TokenizerConfig(instruments="lmd6", ignore_ts=True)
 PLUGIN = str(REPO_ROOT / "museformer_plugin")

@@ -9,15 +9,18 @@ running at each step (finished pieces leave the batch). The checkpoints are rand
 import miditoolkit
 import pytest
 import torch
+from needs import require_fairseq
 
-from test_sample import TOK_CFG, make_checkpoint, make_data_dir, make_midi
-from data_prep.config import TokenizerConfig
-from data_prep.constants import TS_TO_ID
-from data_prep.grammar import count_errors
-from data_prep.midi_to_tokens import encode_midi
-from data_prep.vocab import id_to_tempo, tempo_to_id
-from museformer_plugin.controls import Controls, family_graph, tokens_to_close
-from museformer_plugin.sample import build_parser, load_model, main, piece_generator, sample_batch
+require_fairseq()
+
+from test_sample import TOK_CFG, make_checkpoint, make_data_dir, make_midi  # noqa: E402
+from data_prep.config import TokenizerConfig  # noqa: E402
+from data_prep.constants import TS_TO_ID  # noqa: E402
+from data_prep.grammar import count_errors  # noqa: E402
+from data_prep.midi_to_tokens import encode_midi  # noqa: E402
+from data_prep.vocab import id_to_tempo, tempo_to_id  # noqa: E402
+from museformer_plugin.controls import Controls, family_graph, tokens_to_close  # noqa: E402
+from museformer_plugin.sample import build_parser, load_model, main, piece_generator, sample_batch  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from lm_data import REPO_ROOT, make_data_bin
+from needs import require_fairseq
+
+require_fairseq()
+
+from lm_data import REPO_ROOT, make_data_bin  # noqa: E402
 
 USER_DIR = str(REPO_ROOT / "museformer_plugin")
 

@@ -63,7 +63,9 @@ def test_write_then_read_dict(tmp_path, name):
 
 
 def test_fairseq_dictionary_loads_our_dict(tmp_path):
-    fairseq_data = pytest.importorskip("fairseq.data")
+    from needs import require_fairseq
+
+    fairseq_data = require_fairseq().data
     cfg = TokenizerConfig()
     write_dict(tmp_path / "dict.txt", cfg)
     d = fairseq_data.Dictionary.load(str(tmp_path / "dict.txt"))
