@@ -81,8 +81,7 @@ def plot_heatmap(piece: Piece, out_path: str | os.PathLike) -> str:
     ax = fig.add_subplot(1, 1, 1)
     from matplotlib import colormaps
 
-    cmap = colormaps["viridis"].copy()
-    cmap.set_bad("0.8")
+    cmap = colormaps["viridis"].with_extremes(bad="0.8")  # grey: two empty bars
     n = piece.num_bars
     image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=0.0, vmax=1.0, origin="lower",
                       extent=(0.5, n + 0.5, 0.5, n + 0.5), interpolation="nearest")
