@@ -1,7 +1,7 @@
 """museformer-analyze plot / heatmap / pianoroll / render: valid PNGs of the expected size, and audio errors."""
 from __future__ import annotations
 
-import os
+import array
 import shutil
 import wave
 from pathlib import Path
@@ -119,12 +119,17 @@ def _installed_soundfont():
                     reason="needs the fluidsynth program and a GM SoundFont (apt-get install fluidsynth "
                            "fluid-soundfont-gm)")
 def test_render_writes_a_wav_as_long_as_the_music(tmp_path):
+    from midi_factory import make_midi
+
     midi = tmp_path / "song.mid"
-    make_song(num_bars=2, seed=0, humanize=False).dump(str(midi))  # 2 bars of 4/4 at 100 BPM = 4.8 s
+    # two 4/4 bars of piano quarter notes at 120 BPM: 8 beats = 4 s
+    make_midi(midi, [(0, False, [(k * 480, (k + 1) * 480, 60 + k, 90) for k in range(8)])], tempos=[(0, 120.0)])
     wav = tmp_path / "song.wav"
     assert main(["render", str(midi), str(wav)]) == 0
     with wave.open(str(wav)) as w:
         seconds = w.getnframes() / w.getframerate()
         assert w.getnchannels() == 2 and w.getframerate() == audio.SAMPLE_RATE
-    assert 4.8 <= seconds < 4.8 + 4.0  # FluidSynth adds the release tail of the last notes
-    assert os.path.getsize(wav) > 44
+        samples = w.readframes(w.getnframes())
+    assert 4.0 <= seconds < 4.0 + 3.0  # FluidSynth adds the release tail of the last note
+    pcm = array.array("h", samples)  # 16-bit samples
+    assert max(abs(x) for x in pcm) > 1000  # sound, not silence
