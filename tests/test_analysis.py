@@ -256,3 +256,26 @@ def test_works_without_fairseq_or_torch(tmp_path):
                           env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["similarity"]["4"] == 1.0
+
+
+def test_compare_table_adds_an_se_column(tmp_path):
+    compare_table = pytest.importorskip("museformer_plugin.compare_table")  # imports fairseq (the plugin)
+    ppl = {"256": {"ppl": 10.0, "songs": 2, "songs_whole": 0, "tokens": 512}}
+    for name, se in (("museformer", 0.05), ("full", 0.08), ("linear", None)):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "ppl.json").write_text(json.dumps(ppl))
+        if se is not None:  # linear: sampling failed, so no se.json
+            (run / "se.json").write_text(json.dumps({
+                "se": se, "distances": list(range(1, 16)),
+                "reference": {"files": 15}, "generated": {"files": 4, "metrics": {"bars": 64}}}))
+    out = tmp_path / "results.md"
+    runs = [f"{n}={tmp_path / n}" for n in ("museformer", "full", "linear")]
+    assert compare_table.main(["--out", str(out), "--command", "test", *runs]) == 0
+    page = out.read_text()
+    assert "| model | params | updates | PPL @ 256 | SE |" in page
+    assert "| museformer | ? | ? | **10.000** | **0.0500** |" in page  # the lowest SE in bold
+    assert "| full | ? | ? | **10.000** | 0.0800 |" in page
+    assert "| linear | ? | ? | **10.000** | – |" in page
+    assert "- `museformer`: 4 pieces, 64 bars, t = 1..15 (15 distances)." in page
+    assert "- no SE for `linear`: its run folder has no se.json" in page
