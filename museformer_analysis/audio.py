@@ -62,7 +62,8 @@ def render_midi(midi_path: str, wav_path: str, soundfont: str | None = None, sam
         raise RuntimeError(f"fluidsynth did not finish {midi_path} within {RENDER_TIMEOUT_S} s.") from e
     if proc.returncode != 0 or not os.path.isfile(wav_path) or os.path.getsize(wav_path) <= 44:
         tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
-        raise RuntimeError(f"fluidsynth failed on {midi_path} (exit {proc.returncode}): {' | '.join(tail) or 'no output'}")
+        raise RuntimeError(f"fluidsynth failed on {midi_path} (exit {proc.returncode}): "
+                           f"{' | '.join(tail) or 'no output'}")
     return wav_path
 
 

@@ -77,8 +77,9 @@ def _describe(name: str, stats: dict) -> str:
 
 def _out_for(input_path: str, suffix: str) -> str:
     """x.mid / x.mid.txt -> x<suffix> in the same folder."""
-    base = input_path[: -len(".mid.txt")] if input_path.lower().endswith(".mid.txt") else os.path.splitext(input_path)[0]
-    return base + suffix
+    if input_path.lower().endswith(".mid.txt"):
+        return input_path[: -len(".mid.txt")] + suffix
+    return os.path.splitext(input_path)[0] + suffix
 
 
 # ----------------------------------------------------------------------------------------------------- commands
@@ -227,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pianoroll", help="piano roll of one piece, instruments coloured, bar lines, PNG",
                        formatter_class=fmt,
                        description="Notes as the tokenizer quantises them; x in bars, y in MIDI pitch.",
-                       epilog="example:\n  museformer-analyze pianoroll samples/sample_000.mid   # -> samples/sample_000.png")
+                       epilog="example:\n  museformer-analyze pianoroll samples/sample_000.mid  "
+                              "# -> samples/sample_000.png")
     p.add_argument("file", metavar="FILE", help="a MIDI file or a token file (*.mid.txt)")
     p.add_argument("--out", metavar="OUT.png", help="(default: FILE's name with .png, beside it)")
     _piece_options(p)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from data_prep.config import TokenizerConfig
 from data_prep.constants import DEFAULT_POSITIONS_PER_BEAT
 
 from .metrics import MetricsStats
@@ -33,6 +34,7 @@ def corpus_stats(
     """Read every MIDI / token file under `paths` and return the stats dict. Unreadable files are counted by
     reason in "skipped", never raised. Raises FileNotFoundError for a path that does not exist and ValueError
     when no MIDI or token file is found at all."""
+    TokenizerConfig(positions_per_beat=positions_per_beat)  # a bad grid is the caller's error, not a skipped file
     files, left_out = find_inputs(paths)
     if not files:
         raise ValueError(f"no MIDI (*.mid, *.midi) or token (*.mid.txt) files under {', '.join(paths)}.")

@@ -90,6 +90,8 @@ def read_token_file(path: str | os.PathLike) -> list[str]:
         return Path(path).read_text(encoding="utf-8").split()
     except UnicodeDecodeError as e:
         raise PieceError("not_text", f"{os.fspath(path)}: not a token file (not UTF-8 text: {e.reason}).") from e
+    except OSError as e:
+        raise PieceError("unreadable_file", f"{os.fspath(path)}: cannot be read ({e.strerror}).") from e
 
 
 def decode_token_file(path: str | os.PathLike, positions_per_beat: int = DEFAULT_POSITIONS_PER_BEAT):

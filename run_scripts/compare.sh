@@ -117,8 +117,8 @@ done
 
 # The command to record on the results page: this script's settings and every train.sh variable that was set.
 settings=""
-for var in SIZE MAX_UPDATE SEED LENGTHS PRESETS SE_SAMPLES SE_BARS DEVICE NPROC PRECISION MAX_TOKENS BATCH_SIZE UPDATE_FREQ LR WARMUP \
-           TRUNCATE_TRAIN TRUNCATE_VALID SAVE_INTERVAL_UPDATES; do
+for var in SIZE MAX_UPDATE SEED LENGTHS PRESETS SE_SAMPLES SE_BARS DEVICE NPROC PRECISION MAX_TOKENS BATCH_SIZE \
+           UPDATE_FREQ LR WARMUP TRUNCATE_TRAIN TRUNCATE_VALID SAVE_INTERVAL_UPDATES; do
   [[ -n "${!var:-}" ]] && settings+="$var=$(printf '%q' "${!var}") "
 done
 cmd_line="${settings}bash run_scripts/compare.sh $(printf '%q ' "$DATA_BIN" "$@")"

@@ -6,8 +6,8 @@
 #   3. train    museformer_lm_tiny on CPU for TRAIN_MINUTES               -> demo_out/checkpoints/
 #   4. evaluate perplexity on the test split at LENGTHS tokens            -> demo_out/ppl.json
 #   5. sample   a new piece from the trained model                        -> demo_out/samples/*.mid
-#   6. analyze  each sample's piano roll, L_t of samples vs the training corpus, and their SE
-#                                                    -> demo_out/samples/*.png, demo_out/analysis/{similarity.png,se.json}
+#   6. analyze  each sample's piano roll; L_t of samples vs the training corpus, and their SE
+#                                      -> demo_out/samples/*.png, demo_out/analysis/{similarity.png,se.json}
 #
 # Usage:  bash run_scripts/demo.sh            (or `make demo`, which installs .venv first)
 # Variables:
@@ -90,7 +90,8 @@ if compgen -G "$OUT/samples/*.mid" >/dev/null; then
   while IFS= read -r rel; do
     [[ -n "$rel" ]] && train_midi+=("$OUT/midi/$rel")
   done < "$OUT/data-bin/split/lists/train.txt"
-  echo "+ ${analyze[*]} stats <the ${#train_midi[@]} train-split MIDI files of $OUT/midi> --json $OUT/analysis/train_stats.json"
+  echo "+ ${analyze[*]} stats <the ${#train_midi[@]} train-split MIDI files of $OUT/midi>" \
+       "--json $OUT/analysis/train_stats.json"
   "${analyze[@]}" stats "${train_midi[@]}" --json "$OUT/analysis/train_stats.json"
   run "${analyze[@]}" stats "$OUT/samples" --json "$OUT/analysis/samples_stats.json"
   run "${analyze[@]}" plot "$OUT/analysis/train_stats.json" "$OUT/analysis/samples_stats.json" \
@@ -107,5 +108,6 @@ echo "checkpoint:     $OUT/checkpoints/checkpoint_best.pt"
 if compgen -G "$OUT/samples/*.mid" >/dev/null; then
   echo "listen to:      $(ls "$OUT"/samples/*.mid | head -n 3 | tr '\n' ' ')"
   echo "look at:        $(ls "$OUT"/samples/*.png | head -n 3 | tr '\n' ' ')$OUT/analysis/similarity.png"
-  echo "SE:             $OUT/analysis/se.json (or: museformer-analyze render $(ls "$OUT"/samples/*.mid | head -n 1) x.wav)"
+  echo "SE:             $OUT/analysis/se.json"
+  echo "audio:          museformer-analyze render $(ls "$OUT"/samples/*.mid | head -n 1) sample.wav"
 fi

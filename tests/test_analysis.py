@@ -17,7 +17,7 @@ from midi_factory import make_midi, make_song
 from museformer_analysis.cli import main
 from museformer_analysis.metrics import MetricsStats, groove_consistency, pitch_class_entropy, scale_consistency
 from museformer_analysis.piece import load_piece
-from museformer_analysis.similarity import SimilarityStats, bar_similarity, similarity_error, similarity_matrix
+from museformer_analysis.similarity import bar_similarity, similarity_error, similarity_matrix
 
 TPB = 480  # ticks per beat of every hand-made file
 BAR = 4 * TPB  # one 4/4 bar in ticks
