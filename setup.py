@@ -26,13 +26,15 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["museformer_plugin", "museformer_plugin.*", "data_prep", "data_prep.*"]),
+    packages=find_packages(include=["museformer_plugin", "museformer_plugin.*", "data_prep", "data_prep.*",
+                                    "museformer_analysis", "museformer_analysis.*"]),
     install_requires=[
         "torch>=2.1",
         "numpy<2",  # fairseq's compiled extensions and np.int/np.float uses break with numpy 2
         "miditoolkit>=1.0",
         "tqdm",
         "tensorboardX",
+        "matplotlib",  # museformer-analyze's pictures (the demo writes piano rolls and the L_t plot)
         *FAIRSEQ_NEEDS,
     ],
     extras_require={
@@ -49,6 +51,7 @@ setup(
             "museformer-prep=data_prep.cli:main",
             "museformer-sample=museformer_plugin.sample:main",
             "museformer-eval-ppl=museformer_plugin.eval_ppl:main",
+            "museformer-analyze=museformer_analysis.cli:main",
         ]
     },
 )

@@ -1,7 +1,8 @@
 """compare_table: write the markdown table of run_scripts/compare.sh (the paper's Table 1, spec §6.3, at small scale).
 
 Reads one ``museformer-eval-ppl`` JSON per model and writes a markdown page with the perplexity of every model at
-every length, the number of parameters, the command that produced it and the machine it ran on.
+every length, the number of parameters, the command that produced it and the machine it ran on; and, where a run
+folder has ``se.json`` (``museformer-analyze se``), the similarity error of that model's samples.
 
     python -m museformer_plugin.compare_table --out docs/results.md --command "bash run_scripts/compare.sh ..." \\
         museformer=runs/compare/museformer full=runs/compare/full linear=runs/compare/linear
@@ -45,6 +46,15 @@ def load_run(run_dir: str, json_name: str = "ppl.json") -> Tuple[Dict[int, dict]
     return results, params, updates
 
 
+def load_se(run_dir: str) -> Optional[dict]:
+    """The `museformer-analyze se --json` result of a run folder, or None when it has none."""
+    path = os.path.join(run_dir, "se.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def machine_description() -> str:
     """CPU / GPU, core count, torch and fairseq versions, in one line."""
     import torch
@@ -71,10 +81,11 @@ def git_commit() -> str:
 
 
 def render(runs: Sequence[Tuple[str, Dict[int, dict], Optional[int], Optional[int]]], command: str, machine: str,
-           notes: str = "") -> str:
-    """The markdown page."""
+           notes: str = "", se: Optional[Dict[str, dict]] = None) -> str:
+    """The markdown page; `se` maps a model name to its `museformer-analyze se` result (an SE column if any)."""
+    se = {name: r for name, r in (se or {}).items() if r is not None}
     lengths = sorted({length for _, results, _, _ in runs for length in results})
-    header = ["model", "params", "updates"] + [f"PPL @ {length}" for length in lengths]
+    header = ["model", "params", "updates"] + [f"PPL @ {length}" for length in lengths] + (["SE"] if se else [])
     lines = [
         "# Results: perplexity at several lengths (the paper's Table 1 at small scale)",
         "",
@@ -98,6 +109,10 @@ def render(runs: Sequence[Tuple[str, Dict[int, dict], Optional[int], Optional[in
                 continue
             ppl = results[length]["ppl"]
             cells.append(f"**{ppl:.3f}**" if ppl == best[length] else f"{ppl:.3f}")
+        if se:
+            best_se = min(r["se"] for r in se.values())
+            value = se[name]["se"] if name in se else None
+            cells.append("–" if value is None else (f"**{value:.4f}**" if value == best_se else f"{value:.4f}"))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "PPL = exp(mean NLL per token) on the test split, each song cut to its first L tokens (summary "
               "tokens are not counted); best per column in bold. Songs shorter than L are used whole:"]
@@ -107,6 +122,20 @@ def render(runs: Sequence[Tuple[str, Dict[int, dict], Optional[int], Optional[in
             r = first[length]
             lines.append(f"- L = {length}: {r['songs_whole']} of {r['songs']} songs used whole, {r['tokens']} tokens "
                          "scored.")
+    if se:
+        any_se = next(iter(se.values()))
+        ref = any_se["reference"]
+        lines += ["", "SE = similarity error (spec §6.2) = mean over bar distances t of |L_t(songs) - L_t(samples)|, "
+                  "L_t = mean similarity of bars t apart (`museformer-analyze se`, docs/analysis.md); lower is closer "
+                  f"to the real music's structure. Reference: {ref['files']} songs of the evaluation split. Samples:"]
+        for name, r in se.items():
+            t, n = r["distances"], r["generated"]["files"]
+            lines.append(f"- `{name}`: {n} piece{'s' if n != 1 else ''}, {r['generated']['metrics']['bars']} bars, "
+                         f"t = {t[0]}..{t[-1]} ({len(t)} distances).")
+        missing = [name for name, _, _, _ in runs if name not in se]
+        if missing:
+            lines.append(f"- no SE for {', '.join(f'`{m}`' for m in missing)}: its run folder has no se.json "
+                         "(sampling failed, see its sample.log).")
     lines += ["", "Models:"]
     for name, _, _, _ in runs:
         lines.append(f"- `{name}`: {DESCRIPTIONS.get(name, name)}")
@@ -128,17 +157,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--notes", default="", help="a paragraph appended to the page")
     parser.add_argument("--json-name", default="ppl.json", help="name of the eval JSON inside each run dir")
     args = parser.parse_args(argv)
-    runs = []
+    runs, se = [], {}
     try:
         for item in args.runs:
             name, sep, run_dir = item.partition("=")
             if not sep or not name or not run_dir:
                 raise ValueError(f"expected NAME=RUN_DIR, got {item!r}")
             runs.append((name, *load_run(run_dir, args.json_name)))
+            se[name] = load_se(run_dir)
     except (FileNotFoundError, ValueError) as err:
         print(f"compare_table: error: {err}", file=sys.stderr)
         return 2
-    page = render(runs, args.command, machine_description(), args.notes)
+    page = render(runs, args.command, machine_description(), args.notes, se)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         f.write(page)

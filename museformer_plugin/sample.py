@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--threads", type=int, default=None, metavar="N",
                        help="CPU threads for torch (torch.set_num_threads; default: all cores of this process, "
                        f"here {default_threads()})")
+    p.add_argument("--analyze", action="store_true",
+                   help="also write each sample's piano roll as sample_NNN.png beside its MIDI "
+                   "(as `museformer-analyze pianoroll`; needs matplotlib)")
     return p
 
 
@@ -395,6 +398,8 @@ def _run(args, tok_cfg, controls) -> int:
                 Path(f"{name}.txt").write_text(" ".join(tokens) + "\n", encoding="utf-8")
                 result = decode_tokens(tokens, tok_cfg)
                 result.midi.dump(f"{name}.mid")
+                if args.analyze:
+                    write_pianoroll(f"{name}.mid", tok_cfg.positions_per_beat)
                 written += 1
                 tokens_total += len(tokens)
                 grammar_errors += count_errors(tokens, tok_cfg)
@@ -412,6 +417,19 @@ def _run(args, tok_cfg, controls) -> int:
     print(f"{mask_text}; grammar errors: {grammar_errors}; tokens skipped by the MIDI decoder: "
           f"{sum(skips.values())} ({skip_text})")
     return 0 if written else 1
+
+
+def write_pianoroll(midi_path: str, positions_per_beat: int) -> None:
+    """--analyze: sample_NNN.mid -> sample_NNN.png; a sample without notes gets a message instead of a picture."""
+    from museformer_analysis.piece import load_piece
+    from museformer_analysis.plots import plot_pianoroll
+
+    try:
+        piece = load_piece(midi_path, positions_per_beat, remove_empty_bars=False)
+    except ValueError as err:
+        print(f"no piano roll for {midi_path}: {err}")
+        return
+    plot_pianoroll(piece, midi_path[: -len(".mid")] + ".png")
 
 
 def main(argv=None) -> int:

@@ -178,3 +178,16 @@ def test_fairseq_interactive_smoke(setup):
     tokens = hyps[0][2].split()
     assert 1 <= len(tokens) <= 40
     assert all(t.split("-")[0] in "boipdvst" for t in tokens), tokens[:10]
+
+
+def test_analyze_writes_a_piano_roll_beside_each_midi(setup, tmp_path):
+    pytest.importorskip("matplotlib")
+    from museformer_analysis.plots import DPI, PIANOROLL_SIZE, png_size
+
+    _, _, prompt_midi, _ = setup
+    out = tmp_path / "rolls"
+    rc = run_sample(setup, out, "--num-samples", 2, "--prompt-midi", prompt_midi, "--prompt-bars", 2,
+                    "--max-tokens", 80, "--grammar-mask", "--analyze")
+    assert rc == 0
+    for k in range(2):  # the prompt's notes are in every sample, so every sample has a picture
+        assert png_size(out / f"sample_{k:03d}.png") == (PIANOROLL_SIZE[0] * DPI, PIANOROLL_SIZE[1] * DPI)
