@@ -13,7 +13,14 @@ of sampling, with the bar layout of real music.
   after each context length.
 * full recompute: the decoder's full forward over the whole prefix at a context length (``--attention-impl``
   sparse, the fast one), timed over ``--full-steps`` steps.
-* headline: wall time of a whole ``--headline``-token song with the cached decoder.
+* headline: wall time of a whole ``--headline``-token song with the cached decoder, for each of ``--dtypes``
+  (fp32 and bf16 weights in the same run), and the cache's size at its end.
+* ``--goals``: the sampling goals of issue 11, measured side by side in one run: bf16 vs fp32 log-probs of a fixed
+  song (the sampled distribution), batch ``--batch`` vs batch 1 tokens/s, a ``--prefill``-token prompt in one call
+  vs token by token, and the cache size at the headline length vs the previous implementation's.
+
+    .venv/bin/python benchmarks/bench_sampling.py --headline-only --headline 20480 --dtypes fp32,bf16 \
+        --threads 2 --goals
 """
 from __future__ import annotations
 
@@ -75,8 +82,9 @@ def sample_step(logits: torch.Tensor, generator: torch.Generator, top_k: int = 8
 
 
 @torch.no_grad()
-def run_cached(model, song: torch.Tensor, marks, window: int):
-    """One cached pass over ``song``; returns (total seconds, {context: tokens/s over `window` steps after it})."""
+def run_cached(model, song: torch.Tensor, marks, window: int, keep_state: bool = False):
+    """One cached pass over ``song``; returns (total seconds, CPU seconds, {context: tokens/s over `window` steps
+    after it}) and, with ``keep_state``, the cache."""
     from museformer_plugin.incremental import forward_incremental
 
     gen = torch.Generator().manual_seed(0)
@@ -90,7 +98,7 @@ def run_cached(model, song: torch.Tensor, marks, window: int):
         times.append(time.perf_counter() - t0)
     total, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     rates = {m: window / sum(times[m : m + window]) for m in marks if m + window <= len(times)}
-    return total, cpu, rates
+    return (total, cpu, rates, state) if keep_state else (total, cpu, rates)
 
 
 @torch.no_grad()
@@ -103,6 +111,99 @@ def run_full(model, song: torch.Tensor, context: int, steps: int) -> float:
         logits = model(song[None, : context + s + 1])[0][0, -1]
         sample_step(logits, gen)
     return steps / (time.perf_counter() - t0)
+
+
+def old_cache_bytes(model, num_positions: int, num_bars: int, window: int) -> int:
+    """The previous cache (commit bec7808): fp32 keys/values of EVERY position and of the window, capacities
+    doubled from 64 (positions, window) and 8 (summaries); computed from its allocation rule, not run."""
+    def cap(n, start):
+        c = start
+        while c < n:
+            c *= 2
+        return c
+
+    layer = model.decoder.layers[0].self_attn
+    per_key = layer.num_heads * layer.head_dim * 4  # fp32
+    per_layer = 2 * per_key * (cap(num_positions, 64) + cap(window, 64) + cap(num_bars + 2, 8))
+    return len(model.decoder.layers) * per_layer
+
+
+@torch.no_grad()
+def log_probs(model, song: torch.Tensor) -> torch.Tensor:
+    """log p(song[t + 1] | song[:t + 1]) for every t, through the cached decoder (prefill of the BOS, then steps)."""
+    from museformer_plugin.incremental import forward_incremental
+
+    state: dict = {}
+    out = []
+    for t in range(song.numel() - 1):
+        logits = forward_incremental(model.decoder, song[None, : t + 1], state)[0][0, -1].float()
+        out.append(torch.log_softmax(logits, -1)[song[t + 1]])
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def run_batch(model, songs: torch.Tensor, prompt: int, steps: int) -> float:
+    """Tokens/s of ``steps`` cached steps for a batch of songs (B, L) after prefilling ``prompt`` tokens."""
+    from museformer_plugin.incremental import forward_incremental
+
+    gen = torch.Generator().manual_seed(0)
+    state: dict = {}
+    forward_incremental(model.decoder, songs[:, :prompt], state)
+    t0 = time.perf_counter()
+    for t in range(prompt, prompt + steps):
+        logits = forward_incremental(model.decoder, songs[:, : t + 1], state)[0][:, -1].float()
+        for row in logits:
+            sample_step(row, gen)
+    return songs.size(0) * steps / (time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def run_prefill(model, song: torch.Tensor, n: int):
+    """(seconds of one prefill call over n tokens, seconds of the same n tokens fed one per call)."""
+    from museformer_plugin.incremental import forward_incremental
+
+    t0 = time.perf_counter()
+    forward_incremental(model.decoder, song[None, :n], {})
+    one = time.perf_counter() - t0
+    state: dict = {}
+    t0 = time.perf_counter()
+    for t in range(n):
+        forward_incremental(model.decoder, song[None, : t + 1], state)
+    return one, time.perf_counter() - t0
+
+
+def goals(model, task, args):
+    """The issue-11 comparisons, each measured side by side in this run."""
+    from museformer_plugin.incremental import cache_bytes
+
+    print("## goals (side by side in this run)")
+    song = synthetic_song(task, 1024, args.bar_tokens, args.seed + 2)
+    lp = {}
+    for name in ("fp32", "bf16"):
+        lp[name] = log_probs(model.to(DTYPES[name]), song)
+    model.to(torch.float32)
+    diff = (lp["bf16"] - lp["fp32"]).abs()
+    print(f"# log p of a fixed 1,024-token song, bf16 vs fp32 weights: mean |diff| {float(diff.mean()):.4f} nats, "
+          f"max {float(diff.max()):.4f}, mean log p fp32 {float(lp['fp32'].mean()):.3f}")
+
+    songs = torch.stack([synthetic_song(task, 1024 + args.window, args.bar_tokens, args.seed + 10 + b)
+                         for b in range(args.batch)])
+    for name in args.dtypes.split(","):
+        m = model.to(DTYPES[name])
+        one = run_batch(m, songs[:1], 1024, args.window)
+        many = run_batch(m, songs, 1024, args.window)
+        print(f"# {name}: batch 1 {one:.1f} tokens/s, batch {args.batch} {many:.1f} tokens/s = {many / one:.2f}x "
+              f"(steps {1024}..{1024 + args.window})")
+    model.to(torch.float32)
+
+    song = synthetic_song(task, args.prefill, args.bar_tokens, args.seed + 3)
+    one, each = run_prefill(model, song, args.prefill)
+    print(f"# prefill of a {args.prefill}-token prompt (fp32): one call {one:.2f} s, token by token {each:.1f} s "
+          f"= {each / one:.1f}x")
+    return cache_bytes
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def machine() -> str:
@@ -125,6 +226,10 @@ def main(argv=None):
     p.add_argument("--headline-only", action="store_true", help="skip the context-length table")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtypes", default="fp32", help="weight dtypes of the headline and batch runs (fp32,bf16)")
+    p.add_argument("--goals", action="store_true", help="also run the issue-11 comparisons (see the docstring)")
+    p.add_argument("--batch", type=int, default=8, help="--goals: the batch compared with batch 1")
+    p.add_argument("--prefill", type=int, default=4096, help="--goals: prompt length of the prefill comparison")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -150,12 +255,22 @@ def main(argv=None):
     if len(contexts) > 1:
         lo, hi = contexts[0], contexts[-1]
         print(f"# cached tokens/s at {hi} / at {lo}: {results[hi][0] / results[lo][0]:.2f}")
+    if args.goals:
+        goals(model, task, args)
     if args.headline:
+        from museformer_plugin.incremental import cache_bytes
+
         song = synthetic_song(task, args.headline, args.bar_tokens, args.seed + 1)
         bars = int(song.eq(task.bar_token).sum())
-        total, cpu, _ = run_cached(model, song, [], args.window)
-        print(f"# headline: {args.headline} tokens ({bars} bars) in {total:.1f} s wall = {total / 60:.2f} min "
-              f"({args.headline / total:.1f} tokens/s); process CPU time {cpu:.1f} s = {cpu / 60:.2f} min")
+        for name in args.dtypes.split(","):
+            m = model.to(DTYPES[name])
+            total, cpu, _, state = run_cached(m, song, [], args.window, keep_state=True)
+            mib = cache_bytes(m.decoder, state) / 2**20
+            old = old_cache_bytes(m, song.numel(), bars, 1400) / 2**20
+            print(f"# headline {name}: {args.headline} tokens ({bars} bars) in {total:.1f} s wall = "
+                  f"{total / 60:.2f} min ({args.headline / total:.1f} tokens/s); process CPU time {cpu:.1f} s; "
+                  f"cache {mib:.1f} MiB (previous implementation: {old:.0f} MiB, ratio {mib / old:.3f})", flush=True)
+        model.to(torch.float32)
 
 
 if __name__ == "__main__":

@@ -191,8 +191,8 @@ def _summarise(decoder, layer, state, i: int, s: int, h, own_start: int, own_end
     values = torch.cat([v, state[f"w_v{i}"][s : s + 1, :, own_start:own_end]], dim=2)
     z = attend_window(q, keys, values).transpose(1, 2).reshape(1, 1, attn.embed_dim)  # heads concatenated
     k2, v2 = attn.summary_kv(z)  # (1, H, 1, D) each
-    state[f"s_k{i}"][s, :, slot] = k2[0, :, 0]
-    state[f"s_v{i}"][s, :, slot] = v2[0, :, 0]
+    state[f"s_k{i}"][s, :, slot] = k2[0, :, 0].to(state[f"s_k{i}"].dtype)
+    state[f"s_v{i}"][s, :, slot] = v2[0, :, 0].to(state[f"s_v{i}"].dtype)
     return layer.ffn(h + layer.dropout(attn.out_proj(z)))
 
 
@@ -243,7 +243,7 @@ def _step(decoder, state, weights: List[torch.Tensor], tokens: torch.Tensor) -> 
         attn = layer.self_attn
         q, k, v = attn.project(layer.attn_norm(x), "reg", qkv_w)  # (B, H, 1, D) each
         kc, vc, wk, wv = state[f"k{i}"], state[f"v{i}"], state[f"w_k{i}"], state[f"w_v{i}"]
-        k1, v1 = k[:, :, 0], v[:, :, 0]  # (B, H, D)
+        k1, v1 = k[:, :, 0].to(kc.dtype), v[:, :, 0].to(vc.dtype)  # (B, H, D), in the cache's dtype
         if same_slot is not None:
             kc[:, :, same_slot], vc[:, :, same_slot] = k1, v1
         else:

@@ -104,18 +104,29 @@ def test_model_in_half_precision_matches_fp32(task, kind, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_cached_decoder_in_half_precision(task, dtype):
-    """Prefill + cached steps in bf16/fp16 agree with the fp32 full forward (and the half full forward)."""
-    src, _ = batch(task, lengths=(150,), seed=3)
+    """Prefill + cached steps in bf16/fp16 agree with the fp32 full forward, for a batch of two songs whose prompts
+    differ in length (each row its own cache positions and window lengths)."""
+    src, _ = batch(task, lengths=(150, 150), seed=3)
     ref = make_model(task, impl="sparse")
     half = make_model(task, impl="sparse").to(dtype)
+    pad = task.dictionary.pad()
+    prompt = src[:, :40].clone()
+    prompt[1, 25:] = pad  # row 1: a 25-token prompt, then one token per call like row 0 (a right-padded prefill)
     with torch.no_grad():
-        full = ref(src)[0][0]
+        full = ref(src)[0]
         state = {}
-        outs = [forward_incremental(half.decoder, src[:, :40], state)[0][0]]  # prefill 40 positions
-        outs += [forward_incremental(half.decoder, src[:, : t + 1], state)[0][0] for t in range(40, 150)]
-    inc = torch.cat(outs).float()
-    assert inc.shape == full.shape
-    assert rel_err(inc, full, torch.ones(len(full), dtype=torch.bool)) < REL_TOL[dtype]
+        first = forward_incremental(half.decoder, prompt, state)[0]
+        seq = prompt
+        steps = []
+        for t in range(40, 150):
+            col = torch.stack([src[0, t], src[1, t - 15]])[:, None]
+            seq = torch.cat([seq, col], 1)
+            steps.append(forward_incremental(half.decoder, seq, state)[0][:, -1].float())
+    steps = torch.stack(steps, 1)  # (2, 110, V)
+    assert first.dtype == dtype and torch.isfinite(steps).all()
+    ones = torch.ones(110, dtype=torch.bool)
+    assert rel_err(steps[0], full[0, 40:150], ones) < REL_TOL[dtype]
+    assert rel_err(steps[1], full[1, 25:135], ones) < REL_TOL[dtype]
 
 
 def test_fp16_scores_cannot_overflow():
