@@ -24,7 +24,7 @@
 #   NODE_RANK=0              rank of this node, 0..NNODES-1
 #   MASTER_ADDR=127.0.0.1    address of node 0 (multi-process/multi-node runs only)
 #   MASTER_PORT=29500        free TCP port on node 0
-#   PRECISION=auto           fp32 | fp16 | bf16 | auto (fp16 on cuda, fp32 on cpu)
+#   PRECISION=auto           fp32 | fp16 | bf16 | auto (fp16 on cuda, fp32 on cpu); bf16 needs no loss scaling
 #   MAX_TOKENS=15360         tokens per batch per process (one truncated paper-length song)
 #   BATCH_SIZE=              songs per batch per process; empty = no cap (the paper used 1)
 #   UPDATE_FREQ=1            gradient accumulation steps
@@ -104,8 +104,8 @@ fi
 if [[ "$DEVICE" != "cpu" && "$DEVICE" != "cuda" ]]; then
   echo "train.sh: DEVICE must be cpu, cuda or auto; got '$DEVICE'" >&2; exit 2
 fi
-if [[ "$DEVICE" == "cpu" && "$PRECISION" != "fp32" ]]; then
-  echo "train.sh: PRECISION=$PRECISION needs DEVICE=cuda; on CPU use PRECISION=fp32 (or leave it at auto)" >&2; exit 2
+if [[ "$DEVICE" == "cpu" && "$PRECISION" != "fp32" ]]; then  # works (museformer_plugin/fairseq_compat.py), rarely pays
+  echo "train.sh: note: PRECISION=$PRECISION on CPU trains, but usually slower than fp32 (half-precision kernels are a GPU thing)" >&2
 fi
 if [[ ! -f "$DATA_BIN/dict.txt" && "$DRY_RUN" != "1" ]]; then
   echo "train.sh: $DATA_BIN/dict.txt not found; build the data dir with \`museformer-prep all MIDI_DIR $DATA_BIN\`" >&2
