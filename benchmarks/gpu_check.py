@@ -25,7 +25,8 @@ c. fairseq-train of the paper-size museformer_lm (~100 updates, 15,360-token tru
 d. Sampling tokens/s of the cached decoder (``incremental.forward_incremental``), batch 1 and batch 8.
 
 (a) and (b) need no fairseq; (c) and (d) do: when ``import fairseq`` fails, ``--fairseq-sdist`` (a folder or file)
-is installed into ``OUT/../fairseq_site`` (wheels first, then the sdist built with ``--no-build-isolation``).
+is installed into ``/tmp/gpu_check_fairseq_site`` (wheels first, then the sdists built with
+``--no-build-isolation``; the built fairseq wheel is left in OUT, to be carried next time).
 """
 from __future__ import annotations
 
@@ -740,6 +741,9 @@ def parse_args(argv):
     if bad or not parts:
         p.exit(2, f"gpu_check.py: --parts takes a comma-separated subset of a,b,c,d; got {args.parts!r}\n")
     args.parts = parts
+    if args.fairseq_sdist and not Path(args.fairseq_sdist).exists():
+        p.exit(2, f"gpu_check.py: --fairseq-sdist {args.fairseq_sdist} does not exist; give the fairseq-fixed sdist "
+               "or the folder holding it (docs/benchmarks.md, GPU check)\n")
     if not args.dry_run and not torch.cuda.is_available():
         p.exit(2, "gpu_check.py: torch sees no CUDA GPU here; pass --dry-run to run the CPU toy version\n")
     return args
