@@ -13,6 +13,15 @@ import pytest
 FAIRSEQ_REASON = "needs fairseq-fixed (install it with `make install`, see README \"Quick start\")"
 
 
+def has_fairseq() -> bool:
+    """For a single test that needs fairseq in a module that does not (``skipif(not has_fairseq(), ...)``)."""
+    try:
+        importlib.import_module("fairseq")
+    except ImportError:
+        return False
+    return True
+
+
 def require_fairseq():
     """The ``fairseq`` module, or a module-level skip (a failure under MUSEFORMER_REQUIRE_FAIRSEQ=1)."""
     try:

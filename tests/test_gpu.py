@@ -31,6 +31,7 @@ pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():  # before the imports below, which would import fairseq (seconds) for nothing
     pytest.skip("needs a CUDA GPU (benchmarks/gpu_check.py runs these tests)", allow_module_level=True)
 
+from needs import FAIRSEQ_REASON, has_fairseq  # noqa: E402
 from attention_data import make_layout, make_song, qkv, random_batch  # noqa: E402
 from museformer_plugin.attention import FineCoarseAttention, dense, flex, sparse  # noqa: E402
 from museformer_plugin.bar_layout import BarLayout, BarScheme  # noqa: E402
@@ -178,7 +179,8 @@ def test_cached_decoder_equals_full_forward():
     """Prefill a right-padded batch of prompts, then one column per call on CUDA: the logits equal the full
     forward's (flex, compiled, on CUDA in eval mode) at every position (fp32, 1e-4: different kernels and key
     orders; a wrong summary or window moves logits by > 1e-2)."""
-    pytest.importorskip("fairseq")
+    if not has_fairseq():
+        pytest.skip(FAIRSEQ_REASON)
     from lm_data import dict_symbols, make_model, make_task, write_dict
     from museformer_plugin.incremental import forward_incremental
 

@@ -8,8 +8,11 @@ import subprocess
 import sys
 
 import pytest
+from needs import require_fairseq
 
-from lm_data import REPO_ROOT
+require_fairseq()  # the dry run's part (c) trains through fairseq-train
+
+from lm_data import REPO_ROOT  # noqa: E402
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import gpu_check  # noqa: E402
@@ -19,7 +22,6 @@ SCRIPT = REPO_ROOT / "benchmarks" / "gpu_check.py"
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
-    pytest.importorskip("fairseq")  # parts c and d train and sample through fairseq
     out = tmp_path_factory.mktemp("gpu_check")
     proc = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(out)], capture_output=True,
                           text=True, timeout=240, cwd=REPO_ROOT)
