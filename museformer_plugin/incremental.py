@@ -28,7 +28,8 @@ keep the weights' dtype.
 
 Per-sample bookkeeping (CPU long tensor ``meta`` (B, NUM_META) and bar spans (B, nbars), in positions) gives each
 sample its own length, so a batch may hold prompts of different lengths. Bar and beat ids of the new token come
-from the shared ``bar_layout`` definitions, so the embeddings equal the full forward's. Buffers grow by doubling.
+from the shared ``bar_layout`` definitions, so the embeddings equal the full forward's. Buffers grow geometrically
+(amortised O(1) per token): the store and the window by 1.25× (they stop growing), the rest by doubling.
 
 Calling convention (fairseq's): ``prev_output_tokens`` (B, T) holds the whole sequence so far; the columns not seen
 by an earlier call are processed. The first call may pass a whole prompt: a right-padded prompt is *prefilled* in
@@ -66,12 +67,12 @@ def _bar_rows(scheme: BarScheme, bar: int) -> Tuple[Tuple[int, ...], Tuple[int, 
     return (tuple(fine[bar].nonzero().flatten().tolist()), tuple(coarse[bar].nonzero().flatten().tolist()))
 
 
-def _grow(t: torch.Tensor, dim: int, need: int) -> torch.Tensor:
-    """``t`` with size >= ``need`` along ``dim`` (capacity doubled, old contents kept)."""
+def _grow(t: torch.Tensor, dim: int, need: int, factor: float = 2.0) -> torch.Tensor:
+    """``t`` with size >= ``need`` along ``dim`` (capacity times ``factor`` at least, old contents kept)."""
     cap = t.size(dim)
     if cap >= need:
         return t
-    new_cap = max(need, 2 * cap, 16)
+    new_cap = max(need, int(factor * cap), 16)
     shape = list(t.shape)
     shape[dim] = new_cap
     out = t.new_zeros(shape)
@@ -131,17 +132,17 @@ def _ensure_store(state, num_layers: int, rows, pos: List[int]) -> None:
         if _slot(r, p) >= cap:
             _compact(state, num_layers, s, r)
     top = max(_slot(r, p) for r, p in zip(rows, pos)) + 1
-    if top > cap:
+    if top > cap:  # 1.25x: with compaction first, the store only grows while the kept bars do (lean memory)
         for i in range(num_layers):
-            state[f"k{i}"], state[f"v{i}"] = _grow(state[f"k{i}"], 2, top), _grow(state[f"v{i}"], 2, top)
+            state[f"k{i}"], state[f"v{i}"] = _grow(state[f"k{i}"], 2, top, 1.25), _grow(state[f"v{i}"], 2, top, 1.25)
 
 
 def _ensure_capacity(state, num_layers: int, need_w: int, need_bar: int) -> None:
     """Grow the window and summary buffers and the bar tables (by doubling) so that the step's writes fit."""
-    if state["w_k0"].size(2) < need_w:
+    if state["w_k0"].size(2) < need_w:  # the window grows by the summaries only once the fine bars are all there
         for i in range(num_layers):
-            state[f"w_k{i}"] = _grow(state[f"w_k{i}"], 2, need_w)
-            state[f"w_v{i}"] = _grow(state[f"w_v{i}"], 2, need_w)
+            state[f"w_k{i}"] = _grow(state[f"w_k{i}"], 2, need_w, 1.25)
+            state[f"w_v{i}"] = _grow(state[f"w_v{i}"], 2, need_w, 1.25)
     if state["s_k0"].size(2) < need_bar:
         for i in range(num_layers):
             state[f"s_k{i}"], state[f"s_v{i}"] = _grow(state[f"s_k{i}"], 2, need_bar), _grow(state[f"s_v{i}"], 2, need_bar)
