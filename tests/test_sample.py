@@ -40,8 +40,9 @@ def make_data_dir(path: Path, cfg: TokenizerConfig = TOK_CFG) -> Path:
     return path
 
 
-def make_checkpoint(data_dir: Path, path: Path) -> Path:
-    """A random museformer_lm_tiny checkpoint in fairseq's format (cfg + model state)."""
+def make_checkpoint(data_dir: Path, path: Path, edit=None) -> Path:
+    """A random museformer_lm_tiny checkpoint in fairseq's format (cfg + model state); ``edit(model, task)`` may
+    change the weights before they are saved."""
     from fairseq import checkpoint_utils, options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from omegaconf import OmegaConf
@@ -53,6 +54,9 @@ def make_checkpoint(data_dir: Path, path: Path) -> Path:
     task = tasks.setup_task(cfg.task)
     torch.manual_seed(0)
     model = task.build_model(cfg.model)
+    if edit is not None:
+        with torch.no_grad():
+            edit(model, task)
     state = {
         "args": None,
         "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),

@@ -22,6 +22,7 @@ from lm_data import REPO_ROOT  # noqa: E402
 from data_prep.config import TokenizerConfig  # noqa: E402
 from data_prep.vocab import write_dict  # noqa: E402
 from museformer_plugin.sample import build_parser, filter_logits, main  # noqa: E402
+from test_sample import make_checkpoint  # noqa: E402
 
 TOK_CFG = TokenizerConfig(instruments="lmd6", ignore_ts=True)
 PLUGIN = str(REPO_ROOT / "museformer_plugin")
@@ -95,34 +96,15 @@ def make_data_dir(path: Path) -> Path:
 
 def make_logits_checkpoint(data_dir: Path, path: Path, logits_of) -> Path:
     """A museformer_lm_tiny checkpoint whose next-token logits are ``logits_of(dictionary)`` at every step."""
-    from fairseq import checkpoint_utils, options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    from omegaconf import OmegaConf
-
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, [str(data_dir), "--user-dir", PLUGIN, "--task", "museformer_lm",
-                                                "--arch", "museformer_lm_tiny", "--cpu"])
-    cfg = convert_namespace_to_omegaconf(args)
-    task = tasks.setup_task(cfg.task)
-    torch.manual_seed(0)
-    model = task.build_model(cfg.model)
-    dec = model.decoder
-    with torch.no_grad():
+    def edit(model, task):
+        dec = model.decoder
         dec.final_norm.weight.zero_()
         dec.final_norm.bias.zero_()
         dec.final_norm.bias[0] = 1.0  # features = e_0 at every position
         dec.output_projection.weight.zero_()
         dec.output_projection.weight[:, 0] = logits_of(task.dictionary)  # so logits = this column
-    state = {
-        "args": None,
-        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-        "model": model.state_dict(),
-        "optimizer_history": [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "Adam",
-                               "lr_scheduler_state": {"best": None}, "num_updates": 0}],
-        "extra_state": {},
-    }
-    checkpoint_utils.torch_persistent_save(state, str(path))
-    return path
+
+    return make_checkpoint(data_dir, path, edit)
 
 
 def favour(*boosts):

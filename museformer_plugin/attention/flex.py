@@ -253,6 +253,17 @@ def _pad_len(x: torch.Tensor, n: int) -> torch.Tensor:
     return F.pad(x, (0, 0, 0, n - x.size(2))) if n > x.size(2) else x
 
 
+def _attend(q, k_sum, v_sum, k_reg, v_reg, block_mask, tables: _Tables, q_axis: str):
+    """One FlexAttention call over keys [summaries padded to Sp | tokens padded to Tp]; q (B, H, L, D) is padded to
+    ``q_axis`` ("Sp" or "Tp") and the result cut back to L rows."""
+    Sp, Tp = tables.Sp, tables.Tp
+    keys = torch.cat([_pad_len(k_sum, Sp), _pad_len(k_reg, Tp)], dim=2)  # (B, H, Sp + Tp, D)
+    values = torch.cat([_pad_len(v_sum, Sp), _pad_len(v_reg, Tp)], dim=2)
+    out = _flex_fn(q.device.type)(_pad_len(q, getattr(tables, q_axis)), keys, values, block_mask=block_mask,
+                                  scale=head_scale(q))
+    return out[:, :, : q.size(2)]
+
+
 def _check(dropout_p: float, training: bool):
     if training and dropout_p > 0:
         raise ValueError("the flex backend has no attention dropout; use --attention-dropout 0 or --attention-impl "
@@ -265,16 +276,10 @@ def attend_summaries(q_sum, k_sum, v_sum, k_reg, v_reg, layout: BarLayout, dropo
     q_sum/k_sum/v_sum (B, H, S, D), k_reg/v_reg (B, H, T, D). Returns z (B, H, S, D).
     """
     _check(dropout_p, training)
-    B, H, S, D = q_sum.shape
+    S = q_sum.size(2)
     if S == 0:  # no complete bar in the batch; keep the (empty) result attached to the inputs for autograd
         return q_sum * 0 + k_sum * 0 + v_sum * 0
-    block_mask = summary_block_mask(layout, S)
-    Sp, Tp = _tables(layout, S).Sp, _tables(layout, S).Tp
-    keys = torch.cat([_pad_len(k_sum, Sp), _pad_len(k_reg, Tp)], dim=2)  # (B, H, Sp + Tp, D)
-    values = torch.cat([_pad_len(v_sum, Sp), _pad_len(v_reg, Tp)], dim=2)
-    out = _flex_fn(q_sum.device.type)(_pad_len(q_sum, Sp), keys, values, block_mask=block_mask,
-                                      scale=head_scale(q_sum))
-    return out[:, :, :S]
+    return _attend(q_sum, k_sum, v_sum, k_reg, v_reg, summary_block_mask(layout, S), _tables(layout, S), "Sp")
 
 
 def attend_regular(q_reg, k_reg, v_reg, k2_sum, v2_sum, layout: BarLayout, scheme: BarScheme, dropout_p=0.0,
@@ -285,15 +290,9 @@ def attend_regular(q_reg, k_reg, v_reg, k2_sum, v2_sum, layout: BarLayout, schem
     q_reg/k_reg/v_reg (B, H, T, D), k2_sum/v2_sum (B, H, S, D). Returns (B, H, T, D).
     """
     _check(dropout_p, training)
-    B, H, Tq, D = q_reg.shape
-    T, S = k_reg.size(2), k2_sum.size(2)
+    Tq, T, S = q_reg.size(2), k_reg.size(2), k2_sum.size(2)
     if Tq != T:
         raise ValueError(f"the flex backend attends every position (got {Tq} queries for {T} keys); the cached "
                          "decoder uses the window backend")
     block_mask = regular_block_mask(layout, scheme, S)
-    Sp, Tp = _tables(layout, S).Sp, _tables(layout, S).Tp
-    keys = torch.cat([_pad_len(k2_sum, Sp), _pad_len(k_reg, Tp)], dim=2)  # (B, H, Sp + Tp, D)
-    values = torch.cat([_pad_len(v2_sum, Sp), _pad_len(v_reg, Tp)], dim=2)
-    out = _flex_fn(q_reg.device.type)(_pad_len(q_reg, Tp), keys, values, block_mask=block_mask,
-                                      scale=head_scale(q_reg))
-    return out[:, :, :T]
+    return _attend(q_reg, k2_sum, v2_sum, k_reg, v_reg, block_mask, _tables(layout, S), "Tp")
