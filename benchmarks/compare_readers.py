@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections import Counter
+from pathlib import Path
 
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from data_prep.cli import find_midi_files  # noqa: E402
 from data_prep import MidiEncodeError, encode_midi  # noqa: E402
 from data_prep.midi_io import read_midi, scan_midi  # noqa: E402
 
@@ -30,16 +31,14 @@ def main(argv=None) -> int:
     if not os.path.isdir(args.midi_dir):
         print(f"error: {args.midi_dir} is not a folder; pass the folder that holds the MIDI files.", file=sys.stderr)
         return 2
-    paths = sorted(
-        os.path.join(r, f) for r, _, fs in os.walk(args.midi_dir) for f in fs if f.lower().endswith((".mid", ".midi"))
-    )
+    paths = [os.path.join(args.midi_dir, rel) for rel in find_midi_files(Path(args.midi_dir))]
     fallback = sum(scan_midi(open(p, "rb").read()).program_change_during_note for p in paths)
     print(f"{fallback}/{len(paths)} files change a channel's program while one of its notes sounds "
           "(the symusic path reads them with miditoolkit)")
     differ_total = 0
     for name in args.settings.split(","):
         cfg = SETTINGS[name]
-        same, diffs, errors = 0, [], Counter()
+        same, diffs = 0, []
         for path in tqdm(paths, desc=f"readers {name}", unit="file", disable=None):
             out = []
             for reader in ("miditoolkit", "symusic"):

@@ -20,11 +20,13 @@ import os
 import sys
 import tempfile
 from collections import Counter
+from pathlib import Path
 
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from data_prep.cli import find_midi_files  # noqa: E402
 from data_prep import MidiEncodeError, decode_tokens, encode_midi  # noqa: E402
 from data_prep.midi_io import READERS, read_midi  # noqa: E402
 
@@ -85,9 +87,7 @@ def main(argv=None) -> int:
     if not os.path.isdir(args.midi_dir):
         print(f"error: {args.midi_dir} is not a folder; pass the folder that holds the MIDI files.", file=sys.stderr)
         return 2
-    paths = sorted(
-        os.path.join(r, f) for r, _, fs in os.walk(args.midi_dir) for f in fs if f.lower().endswith((".mid", ".midi"))
-    )
+    paths = [os.path.join(args.midi_dir, rel) for rel in find_midi_files(Path(args.midi_dir))]
     tmp = os.path.join(tempfile.mkdtemp(prefix="round_trip_"), "decoded.mid")
     for name in args.settings.split(","):
         cfg = SETTINGS[name]

@@ -124,7 +124,7 @@ def _compact(state, num_layers: int, s: int, row) -> None:
 
 def _ensure_store(state, num_layers: int, rows, pos: List[int]) -> None:
     """Room in the store for every sample's position ``pos[s]``: compact the samples that would overflow it, then
-    grow it (doubling) if one still does. Compacting only then keeps its cost amortised O(1) per token."""
+    grow it (by 1.25×) if one still does. Compacting only then keeps its cost amortised O(1) per token."""
     cap = state["k0"].size(2)
     if max(_slot(r, p) for r, p in zip(rows, pos)) < cap:
         return
@@ -138,7 +138,8 @@ def _ensure_store(state, num_layers: int, rows, pos: List[int]) -> None:
 
 
 def _ensure_capacity(state, num_layers: int, need_w: int, need_bar: int) -> None:
-    """Grow the window and summary buffers and the bar tables (by doubling) so that the step's writes fit."""
+    """Grow the window (by 1.25×), the summary buffers and the bar tables (by doubling) so that the step's writes
+    fit."""
     if state["w_k0"].size(2) < need_w:  # the window grows by the summaries only once the fine bars are all there
         for i in range(num_layers):
             state[f"w_k{i}"] = _grow(state[f"w_k{i}"], 2, need_w, 1.25)
@@ -180,7 +181,7 @@ def _enter_bar(state, decoder, s: int, bar: int, row) -> int:
     return n
 
 
-def _summarise(decoder, layer, state, i: int, s: int, h, own_start: int, own_end: int, slot: int, qkv_w):
+def _summarise(layer, state, i: int, s: int, h, own_start: int, own_end: int, slot: int, qkv_w):
     """Layer ``i`` of the summary token of sample ``s``'s just-completed bar (spec §2.2 steps 3, 4, 6, 7).
 
     h (1, 1, C): the summary's input to this layer. Its keys are [own key | the bar's regular keys at this layer],
@@ -254,7 +255,7 @@ def _step(decoder, state, weights: List[torch.Tensor], tokens: torch.Tensor) -> 
         else:
             wk[b_idx, :, w_idx], wv[b_idx, :, w_idx] = k1, v1
         for s in closing:  # the bar is now complete at this layer: its summary passes through this layer
-            h_sum[s] = _summarise(decoder, layer, state, i, s, h_sum[s], rows[s][OWN_START], wlen[s] + 1,
+            h_sum[s] = _summarise(layer, state, i, s, h_sum[s], rows[s][OWN_START], wlen[s] + 1,
                                   bars[s] - 1, qkv_w)
         out = attend_window(q, wk[:, :, :need_w], wv[:, :, :need_w], lengths)  # (B, H, 1, D)
         x = x + layer.dropout(attn.out_proj(out.transpose(1, 2).reshape(B, 1, C)))

@@ -46,3 +46,17 @@ no_positional() {
 usage_line() {
   sed -n 's/^# Usage: *//p' "$0" | head -n 1
 }
+
+# command_or_module VAR SCRIPT MODULE: unless VAR is already set, VAR = the console script SCRIPT when it is on PATH,
+# else `python -m MODULE` with the repository on PYTHONPATH (a checkout that was never `pip install -e`-ed).
+command_or_module() {
+  local var="$1" script="$2" module="$3" repo
+  [[ -n "${!var:-}" ]] && return 0
+  if command -v "$script" >/dev/null; then
+    printf -v "$var" '%s' "$script"
+  else
+    printf -v "$var" '%s' "python -m $module"
+    repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+}

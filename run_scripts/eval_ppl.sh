@@ -24,19 +24,11 @@ no_positional "$@"
 
 require_var CHECKPOINT "path/to/checkpoint.pt"
 require_var DATA_BIN "data-bin/NAME"
-SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SPLIT="${SPLIT:-test}"
 LENGTHS="${LENGTHS:-1024,5120,10240}"
 OUT_JSON="${OUT_JSON:-$(dirname "$CHECKPOINT")/ppl_${SPLIT}.json}"
 DEVICE="${DEVICE:-auto}"
-if [[ -z "${EVAL_PPL:-}" ]]; then
-  if command -v museformer-eval-ppl >/dev/null; then
-    EVAL_PPL=museformer-eval-ppl
-  else
-    EVAL_PPL="python -m museformer_plugin.eval_ppl"
-    export PYTHONPATH="$(dirname "$SCRIPT_DIR")${PYTHONPATH:+:$PYTHONPATH}"
-  fi
-fi
+command_or_module EVAL_PPL museformer-eval-ppl museformer_plugin.eval_ppl
 
 device_args=()
 [[ "$DEVICE" == "cpu" ]] && device_args=(--cpu)

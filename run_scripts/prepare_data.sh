@@ -26,21 +26,13 @@ no_positional "$@"
 
 require_var MIDI_DIR "path/to/midi_folder"
 require_var DATA_BIN "data-bin/NAME"
-SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ENCODING="${ENCODING:-remigen2}"
 INSTRUMENTS="${INSTRUMENTS:-general}"
 NORMALIZE_PITCH="${NORMALIZE_PITCH:-0}"
 REMOVE_EMPTY_BARS="${REMOVE_EMPTY_BARS:-1}"
 IGNORE_TS="${IGNORE_TS:-0}"
 WORKERS="${WORKERS:-$(nproc)}"
-if [[ -z "${PREP:-}" ]]; then
-  if command -v museformer-prep >/dev/null; then
-    PREP=museformer-prep
-  else
-    PREP="python -m data_prep"
-    export PYTHONPATH="$(dirname "$SCRIPT_DIR")${PYTHONPATH:+:$PYTHONPATH}"
-  fi
-fi
+command_or_module PREP museformer-prep data_prep
 if [[ ! -d "$MIDI_DIR" ]]; then
   echo "prepare_data.sh: MIDI_DIR=$MIDI_DIR is not a folder; set MIDI_DIR to a folder of .mid files" >&2
   exit 2

@@ -36,7 +36,6 @@ no_positional "$@"
 
 require_var CHECKPOINT "path/to/checkpoint.pt"
 require_var DATA_BIN "data-bin/NAME"
-SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 OUT="${OUT:-samples}"
 NUM_SAMPLES="${NUM_SAMPLES:-4}"
 BATCH_SIZE="${BATCH_SIZE:-1}"
@@ -47,14 +46,7 @@ MAX_TOKENS="${MAX_TOKENS:-20480}"
 SEED="${SEED:-1}"
 DEVICE="${DEVICE:-cpu}"
 THREADS="${THREADS:-}"
-if [[ -z "${SAMPLE:-}" ]]; then
-  if command -v museformer-sample >/dev/null; then
-    SAMPLE=museformer-sample
-  else
-    SAMPLE="python -m museformer_plugin.sample"
-    export PYTHONPATH="$(dirname "$SCRIPT_DIR")${PYTHONPATH:+:$PYTHONPATH}"
-  fi
-fi
+command_or_module SAMPLE museformer-sample museformer_plugin.sample
 
 # shellcheck disable=SC2206  # SAMPLE may be a command with arguments
 cmd=($SAMPLE "$CHECKPOINT" --data "$DATA_BIN" --out "$OUT"
