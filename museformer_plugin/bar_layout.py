@@ -265,6 +265,22 @@ def compute_beat_ids(src_tokens: torch.Tensor, beat_lut: torch.Tensor) -> torch.
     return torch.where(vals == 0, torch.zeros_like(running), running)
 
 
+def next_bar_id(position: int, last_bar: int, last_closed: bool) -> int:
+    """Bar id of a token appended at ``position`` after a token of bar ``last_bar`` (``last_closed``: that token
+    was a ``b-1``): the one-token form of ``compute_bar_ids`` / ``BarLayout.append``, on Python ints."""
+    return 0 if position == 0 else max(1, last_bar + int(last_closed))
+
+
+def next_beat_id(beat_lut: Sequence[int], onset_token: int, token: int) -> int:
+    """Beat id of ``token`` when the last onset token before it is ``onset_token`` (any token whose LUT entry is
+    <= 0 when there is none): the one-token form of ``compute_beat_ids``, on Python ints (``beat_lut`` a list)."""
+    value = beat_lut[token]
+    if value >= 0:
+        return value
+    running = beat_lut[onset_token]
+    return running if running > 0 else 0
+
+
 def dense_masks(layout: BarLayout, scheme: BarScheme) -> Tuple[torch.Tensor, torch.Tensor]:
     """The full boolean masks of one FC-Attention layer (True = may attend), keys ordered [summaries | regular].
 

@@ -10,7 +10,9 @@ only decides which keys each new token sees.
   token: the BOS (slot 0) and the positions from ``KEEP_FROM`` on (slot = position - ``BASE``). With a bounded
   bar selection (the paper's: at most 32 bars back) older bars are dropped (the *lean* cache): a bar is compacted
   away when the store would otherwise grow, so the store holds about the last ``max fine distance`` bars and
-  memory grows with the summaries only. ``full`` attention keeps everything.
+  memory grows with the summaries only. ``full`` attention keeps everything. A step writes its key/value to the
+  window only; a bar's keys/values are copied from the window to the store once, in the step that closes it (the
+  BOS's in its own step), since only complete bars are read from the store.
 * ``s_k{l}``/``s_v{l}`` (B, H, S, D): K2 = Z·Wk2 and V2 = Z·Wv2 of every *complete* bar (slot j = bar j + 1).
   A bar's summary is computed ONCE, in the step that processes its ``b-1``: the summary token goes through all
   layers exactly as in the full forward (LN1 → q/k/v with the summary biases → one softmax over [its own key |
@@ -28,7 +30,9 @@ keep the weights' dtype.
 
 Per-sample bookkeeping (CPU long tensor ``meta`` (B, NUM_META) and bar spans (B, nbars), in positions) gives each
 sample its own length, so a batch may hold prompts of different lengths. Bar and beat ids of the new token come
-from the shared ``bar_layout`` definitions, so the embeddings equal the full forward's. Buffers grow geometrically
+from the one-token rules of ``bar_layout`` (``next_bar_id`` / ``next_beat_id``, tested equal to the sequence
+rules) on Python ints, and the bar/beat sinusoids are kept per id, so a step's Python work does not grow with the
+context and the embeddings equal the full forward's. Buffers grow geometrically
 (amortised O(1) per token): the store and the window by 1.25× (they stop growing), the rest by doubling.
 
 Calling convention (fairseq's): ``prev_output_tokens`` (B, T) holds the whole sequence so far; the columns not seen
@@ -46,7 +50,7 @@ from typing import Dict, List, Tuple
 import torch
 
 from .attention.window import attend_window
-from .bar_layout import BarLayout, BarScheme, bar_spans, compute_beat_ids
+from .bar_layout import BarScheme, bar_spans, next_bar_id, next_beat_id
 
 STATE_KEY = "fc_cache"  # batched tensors: reordered along dim 0 by `reorder`
 META_KEY = "fc_cache_meta"  # unbatched: columns of prev_output_tokens consumed, per-layer fused weights
@@ -198,28 +202,38 @@ def _summarise(layer, state, i: int, s: int, h, own_start: int, own_end: int, sl
     return layer.ffn(h + layer.dropout(attn.out_proj(z)))
 
 
-def _step(decoder, state, weights: List[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
-    """Process one column ``tokens`` (B,) (pad = inactive sample); returns the final-LN features (B, C)."""
+def _sinusoid_row(aux, decoder, dim: int, index: int) -> torch.Tensor:
+    """``decoder.embed_sinusoid`` of one id, (1, 1, dim), computed once per id and kept in ``aux``."""
+    memo = aux.setdefault("sinusoids", {})
+    row = memo.get((dim, index))
+    if row is None:
+        ids = torch.tensor([[index]], device=decoder.embed_tokens.weight.device)
+        row = memo[(dim, index)] = decoder.embed_sinusoid(ids, dim)
+    return row
+
+
+def _step(decoder, state, aux, tokens: torch.Tensor) -> torch.Tensor:
+    """Process one column ``tokens`` (B,) (pad = inactive sample); returns the final-LN features (B, C).
+
+    ``aux``: what does not change between steps (``weights``: each layer's fused q/k/v weight, ``beat_lut``: the
+    beat LUT as a list, the sinusoid rows). The per-step Python work is O(B), never O(context): bar and beat ids
+    come from the one-token rules of ``bar_layout`` on ints, the new key/value is written to the window only, and
+    a bar's keys/values are copied from the window to the store once, in the step that closes it.
+    """
     B = tokens.size(0)
     layers = decoder.layers
     L = len(layers)
     C = decoder.embed_dim
     dev = tokens.device
-    meta = state["meta"]
-    tok_cpu = tokens.cpu()
-    lut = state["beat_lut"]
-    active = tok_cpu.ne(decoder.pad)
+    lut = aux["beat_lut"]
+    rows = state["meta"].tolist()
+    tok = tokens.tolist()
+    act = [t != decoder.pad for t in tok]
+    pos = [r[LENGTH] for r in rows]
+    bars = [next_bar_id(p, r[LAST_BAR], bool(r[LAST_CLOSED])) for p, r in zip(pos, rows)]
+    beats = [next_beat_id(lut, r[ONSET_TOK], t) for r, t in zip(rows, tok)]
+    close = [a and t == decoder.bar_token and p > 0 for a, t, p in zip(act, tok, pos)]  # this token ends its bar
 
-    # Bar and beat ids of the new token, by the shared bar_layout rules (one-token form of compute_bar_ids /
-    # compute_beat_ids): position 0 is the BOS prefix (bar 0); a token after a b-1 starts the next bar.
-    pos_t = meta[:, LENGTH]
-    bar_t = BarLayout(meta[:, LAST_BAR, None], meta[:, NUM_COMPLETE]).append(meta[:, LAST_CLOSED].bool()).bar_ids[:, 1]
-    bar_t = torch.where(pos_t.eq(0), torch.zeros_like(bar_t), bar_t)
-    beat_t = compute_beat_ids(torch.stack([meta[:, ONSET_TOK], tok_cpu], dim=1), lut)[:, 1]
-    closes = tok_cpu.eq(decoder.bar_token) & pos_t.gt(0) & active  # this token ends its bar
-
-    rows = meta.tolist()
-    pos, bars, act, close = pos_t.tolist(), bar_t.tolist(), active.tolist(), closes.tolist()
     _ensure_capacity(state, L, 0, max(bars) + 2)
     for s in range(B):  # entering a new bar (or the BOS): record its start and rebuild the window
         if act[s] and (pos[s] == 0 or bars[s] != rows[s][LAST_BAR]):
@@ -227,33 +241,37 @@ def _step(decoder, state, weights: List[torch.Tensor], tokens: torch.Tensor) -> 
             rows[s][WLEN] = _enter_bar(state, decoder, s, bars[s], rows[s])
             rows[s][OWN_START] = rows[s][WLEN]
     _ensure_store(state, L, rows, pos)
-    slots = [_slot(r, p) for r, p in zip(rows, pos)]
     wlen = [r[WLEN] for r in rows]
     need_w = max(wlen) + 1
     _ensure_capacity(state, L, need_w, 0)
-    same_slot = slots[0] if len(set(slots)) == 1 else None
     same_w = wlen[0] if len(set(wlen)) == 1 else None
-    if same_slot is None or same_w is None:
-        b_idx = torch.arange(B, device=dev)
-        slot_idx, w_idx = torch.tensor(slots, device=dev), torch.tensor(wlen, device=dev)
+    if same_w is None:
+        b_idx, w_idx = torch.arange(B, device=dev), torch.tensor(wlen, device=dev)
     lengths = None if same_w is not None else torch.tensor(wlen, device=dev) + 1  # window keys each query sees
+    # The store receives a bar's keys/values when the bar is complete (its b-1), and the BOS's at once.
+    flush = [(s, _slot(rows[s], int(state["bar_start"][s, bars[s]])), _slot(rows[s], pos[s]) + 1)
+             for s in range(B) if act[s] and (close[s] or pos[s] == 0)]
 
-    x = decoder.embed_regular(tokens[:, None], bar_t.to(dev)[:, None], beat_t.to(dev)[:, None])  # (B, 1, C)
+    bar_sin = [_sinusoid_row(aux, decoder, decoder.bar_embed_dim, b) for b in bars]
+    beat_sin = [_sinusoid_row(aux, decoder, decoder.beat_embed_dim, b) for b in beats]
+    if B > 1:
+        bar_sin, beat_sin = [torch.cat(bar_sin)], [torch.cat(beat_sin)]
+    x = decoder.embed_regular_from(tokens[:, None], bar_sin[0], beat_sin[0])  # (B, 1, C)
     closing = [s for s in range(B) if close[s]]
     h_sum = {s: decoder.embed_summaries(torch.tensor([[bars[s]]], device=dev)) for s in closing}  # (1, 1, C)
-    for i, (layer, qkv_w) in enumerate(zip(layers, weights)):
+    for i, (layer, qkv_w) in enumerate(zip(layers, aux["weights"])):
         attn = layer.self_attn
         q, k, v = attn.project(layer.attn_norm(x), "reg", qkv_w)  # (B, H, 1, D) each
-        kc, vc, wk, wv = state[f"k{i}"], state[f"v{i}"], state[f"w_k{i}"], state[f"w_v{i}"]
-        k1, v1 = k[:, :, 0].to(kc.dtype), v[:, :, 0].to(vc.dtype)  # (B, H, D), in the cache's dtype
-        if same_slot is not None:
-            kc[:, :, same_slot], vc[:, :, same_slot] = k1, v1
-        else:
-            kc[b_idx, :, slot_idx], vc[b_idx, :, slot_idx] = k1, v1
+        wk, wv = state[f"w_k{i}"], state[f"w_v{i}"]
         if same_w is not None:
-            wk[:, :, same_w], wv[:, :, same_w] = k1, v1
+            wk.narrow(2, same_w, 1).copy_(k)  # in the cache's dtype
+            wv.narrow(2, same_w, 1).copy_(v)
         else:
-            wk[b_idx, :, w_idx], wv[b_idx, :, w_idx] = k1, v1
+            wk[b_idx, :, w_idx], wv[b_idx, :, w_idx] = k[:, :, 0].to(wk.dtype), v[:, :, 0].to(wv.dtype)
+        for s, a, b in flush:  # the bar just completed (or the BOS): its keys/values join the store
+            own = rows[s][OWN_START]
+            state[f"k{i}"][s, :, a:b] = wk[s, :, own : own + b - a]
+            state[f"v{i}"][s, :, a:b] = wv[s, :, own : own + b - a]
         for s in closing:  # the bar is now complete at this layer: its summary passes through this layer
             h_sum[s] = _summarise(layer, state, i, s, h_sum[s], rows[s][OWN_START], wlen[s] + 1,
                                   bars[s] - 1, qkv_w)
@@ -263,7 +281,6 @@ def _step(decoder, state, weights: List[torch.Tensor], tokens: torch.Tensor) -> 
     feats = decoder.final_norm(x)[:, 0]  # (B, C)
 
     # Commit the step for active samples only; inactive (pad) samples keep their state and last output.
-    onset_tok = torch.where(lut[tok_cpu].gt(0), tok_cpu, meta[:, ONSET_TOK]).tolist()
     for s in range(B):
         if not act[s]:
             continue
@@ -273,13 +290,15 @@ def _step(decoder, state, weights: List[torch.Tensor], tokens: torch.Tensor) -> 
         r[LAST_BAR] = bars[s]
         r[LAST_CLOSED] = int(close[s])
         r[NUM_COMPLETE] += int(close[s])
-        r[ONSET_TOK] = onset_tok[s]
+        if lut[tok[s]] > 0:
+            r[ONSET_TOK] = tok[s]
+    for s, _, _ in flush:
         state["bar_end"][s, bars[s]] = pos[s] + 1
     state["meta"] = torch.tensor(rows, dtype=torch.long)
     if all(act):
         state["last_out"] = feats
     else:
-        state["last_out"] = torch.where(active.to(dev)[:, None], feats, state["last_out"])
+        state["last_out"] = torch.where(torch.tensor(act, device=dev)[:, None], feats, state["last_out"])
     return state["last_out"]
 
 
@@ -361,7 +380,7 @@ def forward_incremental(decoder, prev_output_tokens: torch.Tensor, incremental_s
         "plus at least one new column")
     if meta_state is None or "weights" not in meta_state:
         meta_state = {"weights": [layer.self_attn.qkv_weight() for layer in decoder.layers],
-                      "beat_lut": decoder.beat_lut.cpu()}
+                      "beat_lut": decoder.beat_lut.tolist()}
     param = decoder.embed_tokens.weight
     if state is None and T > 1 and _is_right_padded(prev_output_tokens, decoder.pad):
         state, feats = _prefill(decoder, prev_output_tokens)  # the prompt in one pass
@@ -371,10 +390,8 @@ def forward_incremental(decoder, prev_output_tokens: torch.Tensor, incremental_s
         assert state["meta"].size(0) == B, (
             f"incremental state holds {state['meta'].size(0)} samples but prev_output_tokens has {B}; "
             "reorder the state (reorder_incremental_state) when the batch changes")
-        state["beat_lut"] = meta_state["beat_lut"]
-        outs = [_step(decoder, state, meta_state["weights"], prev_output_tokens[:, t]) for t in range(consumed, T)]
-        del state["beat_lut"]
-        feats = torch.stack(outs, dim=1)  # (B, Tnew, C)
+        outs = [_step(decoder, state, meta_state, prev_output_tokens[:, t]) for t in range(consumed, T)]
+        feats = outs[0][:, None] if len(outs) == 1 else torch.stack(outs, dim=1)  # (B, Tnew, C)
     meta_state["consumed"] = torch.tensor(T)
     decoder.set_incremental_state(incremental_state, STATE_KEY, state)
     decoder.set_incremental_state(incremental_state, META_KEY, meta_state)

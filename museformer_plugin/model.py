@@ -240,10 +240,19 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
     def embed_regular(self, tokens: torch.Tensor, bar_ids: torch.Tensor, beat_ids: torch.Tensor) -> torch.Tensor:
         """Regular-stream input (spec §3), tokens / bar ids / beat ids (B, L) → (B, L, d):
         Drop(Linear(concat[tokEmb·√d, barSin(bar id), beatSin(beat id)])), in the parameters' dtype."""
+        return self.embed_regular_from(tokens, self.embed_sinusoid(bar_ids, self.bar_embed_dim),
+                                       self.embed_sinusoid(beat_ids, self.beat_embed_dim))
+
+    def embed_sinusoid(self, ids: torch.Tensor, dim: int) -> torch.Tensor:
+        """``sinusoid(ids, dim)`` (..., dim) in the parameters' dtype (bar ids: bar_embed_dim, beat ids:
+        beat_embed_dim)."""
+        return sinusoid(ids, dim, self.embed_tokens.weight.dtype)
+
+    def embed_regular_from(self, tokens: torch.Tensor, bar_sin: torch.Tensor, beat_sin: torch.Tensor) -> torch.Tensor:
+        """``embed_regular`` with the bar and beat sinusoids already computed (B, L, bar/beat dim), in the
+        parameters' dtype: the cached decoder keeps them per id instead of recomputing them at every step."""
         emb = self.embed_tokens(tokens) * self.embed_scale
-        x = torch.cat([emb, sinusoid(bar_ids, self.bar_embed_dim, emb.dtype),
-                       sinusoid(beat_ids, self.beat_embed_dim, emb.dtype)], dim=-1)
-        return self.dropout(self.input_proj(x))
+        return self.dropout(self.input_proj(torch.cat([emb, bar_sin, beat_sin], dim=-1)))
 
     def embed_summaries(self, slot_bars: torch.Tensor) -> torch.Tensor:
         """Summary-stream input, bar ids of the summary slots (B, S) → (B, S, d):

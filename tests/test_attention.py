@@ -367,3 +367,23 @@ def test_bad_arguments_are_refused():
         attend_regular_sparse(*args, block_size=0)
     with pytest.raises(ValueError, match="fused CPU attention kernel needs"):
         attend_regular_sparse(*args, dropout_p=0.1, training=True, fused=True)
+
+
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_window_fused_equals_reference(with_lengths):
+    """The cached decoder's fp32 window (one fused SDPA call) equals the explicit form on random windows, with and
+    without per-sample lengths; keys past a sample's length do not change its output."""
+    from museformer_plugin.attention.window import attend_window, attend_window_reference
+
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(3, 4, 2, 16, generator=gen)
+    k, v = torch.randn(3, 4, 37, 16, generator=gen), torch.randn(3, 4, 37, 16, generator=gen)
+    lengths = torch.tensor([37, 1, 20]) if with_lengths else None
+    fused = attend_window(q, k, v, lengths)
+    torch.testing.assert_close(fused, attend_window_reference(q, k, v, lengths), **TOL)
+    torch.testing.assert_close(fused, attend_window_reference(q.double(), k.double(), v.double(), lengths).float(),
+                               **TOL)
+    if with_lengths:
+        k2, v2 = k.clone(), v.clone()
+        k2[2, :, 20:], v2[2, :, 20:] = 1e3, -1e3
+        torch.testing.assert_close(attend_window(q, k2, v2, lengths), fused, **TOL)

@@ -16,6 +16,8 @@ from museformer_plugin.bar_layout import (  # noqa: E402
     build_beat_lut,
     compute_beat_ids,
     dense_masks,
+    next_bar_id,
+    next_beat_id,
     parse_range_command,
 )
 
@@ -213,6 +215,24 @@ def test_beat_ids():
     assert beat.tolist() == [[0, 0, 1, 1, 1, 1, 1, 13, 13, 13, 13, 0, 0, 13, 1, 1]]
     lut_ts = build_beat_lut(symbols, beat_mask_ts=True)  # general-use data: s- is zeroed, t- inherits
     assert lut_ts[sid["s-9"]] == 0 and lut_ts[sid["t-30"]] == -1
+
+
+def test_one_token_rules_equal_the_sequence_rules():
+    """next_bar_id / next_beat_id (the cached decoder's ints) give compute_bar_ids / compute_beat_ids, token by
+    token, on random songs of b-1, onsets, tokens that inherit the onset and tokens that zero it."""
+    symbols = ["<s>", "<pad>", "</s>", "<unk>", "b-1", "o-0", "o-3", "o-12", "t-30", "i-0", "p-60", "d-6"]
+    lut = build_beat_lut(symbols)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        tokens = torch.cat([torch.tensor([2]), torch.randint(4, len(symbols), (60,), generator=gen)])[None]
+        bars = BarLayout.from_tokens(tokens, 4, 1).bar_ids[0].tolist()
+        beats = compute_beat_ids(tokens, lut)[0].tolist()
+        last_bar, closed, onset = 0, False, 2  # nothing seen: the BOS is no onset
+        for pos, tok in enumerate(tokens[0].tolist()):
+            assert next_bar_id(pos, last_bar, closed) == bars[pos], f"bar id at {pos}"
+            assert next_beat_id(lut.tolist(), onset, tok) == beats[pos], f"beat id at {pos}"
+            last_bar, closed = bars[pos], tok == 4 and pos > 0
+            onset = tok if lut[tok] > 0 else onset
 
 
 def test_bar_spans():
