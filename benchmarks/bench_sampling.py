@@ -179,12 +179,14 @@ def goals(model, task, args):
     print("## goals (side by side in this run)")
     song = synthetic_song(task, 1024, args.bar_tokens, args.seed + 2)
     lp = {}
-    for name in ("fp32", "bf16"):
+    halves = [name for name in args.dtypes.split(",") if name != "fp32"] or ["bf16"]
+    for name in ["fp32"] + halves:
         lp[name] = log_probs(model.to(DTYPES[name]), song)
     model.to(torch.float32)
-    diff = (lp["bf16"] - lp["fp32"]).abs()
-    print(f"# log p of a fixed 1,024-token song, bf16 vs fp32 weights: mean |diff| {float(diff.mean()):.4f} nats, "
-          f"max {float(diff.max()):.4f}, mean log p fp32 {float(lp['fp32'].mean()):.3f}")
+    for name in halves:
+        diff = (lp[name] - lp["fp32"]).abs()
+        print(f"# log p of a fixed 1,024-token song, {name} vs fp32 weights: mean |diff| {float(diff.mean()):.4f} "
+              f"nats, max {float(diff.max()):.4f}, mean log p fp32 {float(lp['fp32'].mean()):.3f}")
 
     songs = torch.stack([synthetic_song(task, 1024 + args.window, args.bar_tokens, args.seed + 10 + b)
                          for b in range(args.batch)])
@@ -203,14 +205,18 @@ def goals(model, task, args):
     return cache_bytes
 
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def machine() -> str:
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
         fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-        return f"{fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} CPUs"
+        flags = set(fields.get("Flags", "").split())
+        vector = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16") if f in flags]
+        return (f"{fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} CPUs, flags "
+                f"{'/'.join(vector) or 'none of avx2/avx512'}, torch CPU capability "
+                f"{torch.backends.cpu.get_cpu_capability()}")
     except OSError:
         return platform.processor()
 
@@ -226,7 +232,8 @@ def main(argv=None):
     p.add_argument("--headline-only", action="store_true", help="skip the context-length table")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtypes", default="fp32", help="weight dtypes of the headline and batch runs (fp32,bf16)")
+    p.add_argument("--dtypes", default="fp32", help="weight dtypes of the headline and batch runs "
+                   "(fp32,bf16,fp16); --goals checks the log p of each half-precision one against fp32")
     p.add_argument("--goals", action="store_true", help="also run the issue-11 comparisons (see the docstring)")
     p.add_argument("--batch", type=int, default=8, help="--goals: the batch compared with batch 1")
     p.add_argument("--prefill", type=int, default=4096, help="--goals: prompt length of the prefill comparison")

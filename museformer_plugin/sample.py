@@ -83,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                        help="where to run the model (default cpu)")
     speed.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",
-                       help="cast the model to this precision (default fp32); bf16 halves the weights read per "
-                       "token; fp16 is meant for cuda (it runs on CPU too)")
+                       help="cast the model to this precision (default fp32); bf16 or fp16 halves the weights read "
+                       "per token (one piece samples ~1.5x faster on a 2-core AVX2 CPU); on CPUs without native "
+                       "bf16/fp16 matrix units (AVX2) batches of several pieces run faster in fp32")
     speed.add_argument("--threads", type=int, default=None, metavar="N",
                        help="CPU threads for torch (torch.set_num_threads; default: all cores of this process, "
                        f"here {default_threads()})")
@@ -369,9 +370,24 @@ def run(args) -> int:
         torch.set_num_threads(threads_before)  # programmatic callers (tests) get their setting back
 
 
+def half_batch_note(args, cpu_capability: Optional[str] = None) -> Optional[str]:
+    """A note when half precision is asked for a batch on a CPU whose torch kernels emulate it (AVX2 or less):
+    there a bf16/fp16 product of 8 rows is several times slower than fp32's (docs/benchmarks.md, "Sampling")."""
+    if args.device != "cpu" or args.dtype == "fp32" or args.batch_size <= 1:
+        return None
+    capability = cpu_capability or torch.backends.cpu.get_cpu_capability()
+    if "AVX512" in capability or "SVE" in capability:
+        return None
+    return (f"note: --dtype {args.dtype} with --batch-size {args.batch_size} on a {capability} CPU: half-precision "
+            "batched products are emulated here and usually slower than fp32; try --dtype fp32 for batches")
+
+
 def _run(args, tok_cfg, controls) -> int:
     model, task = load_model(args.checkpoint, args.data, args.device)
     model = model.to(DTYPES[args.dtype])
+    note = half_batch_note(args)
+    if note:
+        print(note)
     d = task.dictionary
     prompt = prompt_ids(task, args.prompt_midi, args.prompt_bars, tok_cfg) if args.prompt_midi else []
     token_mask = build_token_mask(args, task, tok_cfg, controls)

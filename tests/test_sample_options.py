@@ -21,7 +21,7 @@ import torch  # noqa: E402
 from lm_data import REPO_ROOT  # noqa: E402
 from data_prep.config import TokenizerConfig  # noqa: E402
 from data_prep.vocab import write_dict  # noqa: E402
-from museformer_plugin.sample import build_parser, filter_logits, main  # noqa: E402
+from museformer_plugin.sample import build_parser, filter_logits, half_batch_note, main  # noqa: E402
 from test_sample import make_checkpoint  # noqa: E402
 
 TOK_CFG = TokenizerConfig(instruments="lmd6", ignore_ts=True)
@@ -75,6 +75,19 @@ def test_top_p_keeps_the_smallest_set_with_mass_p(seed, p):
         assert chosen == smallest_nucleus(logits[row], p), (row, p)
         mass = torch.softmax(logits[row].double(), -1)[sorted(chosen)].sum().item()
         assert mass >= p - 1e-6  # fp32 cumulative sums: a set whose mass is p to 1e-6 is a tie, not an error
+
+
+def test_half_batch_note_only_for_emulated_half_batches():
+    """The note appears for a bf16/fp16 batch on an AVX2 CPU, and not for fp32, one piece, CUDA or AVX-512."""
+    def note(*extra, capability="AVX2"):
+        return half_batch_note(build_parser().parse_args(["ck", "--data", "d", "--out", "o", *extra]), capability)
+
+    assert "try --dtype fp32" in note("--dtype", "bf16", "--batch-size", "8")
+    assert "AVX2" in note("--dtype", "fp16", "--batch-size", "2")
+    assert note("--batch-size", "8") is None
+    assert note("--dtype", "bf16") is None
+    assert note("--dtype", "bf16", "--batch-size", "8", "--device", "cuda") is None
+    assert note("--dtype", "bf16", "--batch-size", "8", capability="AVX512") is None
 
 
 def test_top_p_one_keeps_all_and_tiny_p_keeps_the_argmax():
