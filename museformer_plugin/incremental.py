@@ -202,14 +202,16 @@ def _summarise(layer, state, i: int, s: int, h, own_start: int, own_end: int, sl
     return layer.ffn(h + layer.dropout(attn.out_proj(z)))
 
 
-def _sinusoid_row(aux, decoder, dim: int, index: int) -> torch.Tensor:
-    """``decoder.embed_sinusoid`` of one id, (1, 1, dim), computed once per id and kept in ``aux``."""
+def _sinusoids(aux, decoder, dim: int, ids: List[int]) -> torch.Tensor:
+    """``decoder.embed_sinusoid`` of one id per sample, (B, 1, dim); each id's row is computed once and kept in
+    ``aux``."""
     memo = aux.setdefault("sinusoids", {})
-    row = memo.get((dim, index))
-    if row is None:
-        ids = torch.tensor([[index]], device=decoder.embed_tokens.weight.device)
-        row = memo[(dim, index)] = decoder.embed_sinusoid(ids, dim)
-    return row
+    for index in ids:
+        if (dim, index) not in memo:
+            one = torch.tensor([[index]], device=decoder.embed_tokens.weight.device)
+            memo[(dim, index)] = decoder.embed_sinusoid(one, dim)  # (1, 1, dim)
+    rows = [memo[(dim, index)] for index in ids]
+    return rows[0] if len(rows) == 1 else torch.cat(rows)
 
 
 def _step(decoder, state, aux, tokens: torch.Tensor) -> torch.Tensor:
@@ -252,11 +254,8 @@ def _step(decoder, state, aux, tokens: torch.Tensor) -> torch.Tensor:
     flush = [(s, _slot(rows[s], int(state["bar_start"][s, bars[s]])), _slot(rows[s], pos[s]) + 1)
              for s in range(B) if act[s] and (close[s] or pos[s] == 0)]
 
-    bar_sin = [_sinusoid_row(aux, decoder, decoder.bar_embed_dim, b) for b in bars]
-    beat_sin = [_sinusoid_row(aux, decoder, decoder.beat_embed_dim, b) for b in beats]
-    if B > 1:
-        bar_sin, beat_sin = [torch.cat(bar_sin)], [torch.cat(beat_sin)]
-    x = decoder.embed_regular_from(tokens[:, None], bar_sin[0], beat_sin[0])  # (B, 1, C)
+    x = decoder.embed_regular_from(tokens[:, None], _sinusoids(aux, decoder, decoder.bar_embed_dim, bars),
+                                   _sinusoids(aux, decoder, decoder.beat_embed_dim, beats))  # (B, 1, C)
     closing = [s for s in range(B) if close[s]]
     h_sum = {s: decoder.embed_summaries(torch.tensor([[bars[s]]], device=dev)) for s in closing}  # (1, 1, C)
     for i, (layer, qkv_w) in enumerate(zip(layers, aux["weights"])):
