@@ -7,6 +7,8 @@ so it also runs where only the tokenizer is installed (the `museformer-analyze` 
 - `similarity.py`: l(i, j) of two bars, the bar x bar matrix, L_t over a corpus and the similarity error (SE);
 - `metrics.py`: pitch-class entropy, scale consistency, groove consistency, empty-bar rate, notes per bar;
 - `plots.py`: PNG pictures (L_t curves, similarity heatmap, piano roll), with matplotlib;
-- `audio.py`: MIDI -> WAV with FluidSynth and a General MIDI SoundFont;
-- `cli.py`: the `museformer-analyze stats|se|plot|heatmap|pianoroll|render` command.
+- `audio.py`: MIDI -> WAV, FLAC or Ogg Vorbis with FluidSynth and a General MIDI SoundFont;
+- `report.py`: a generation run -> one report folder (pictures, audio, the set's numbers) for `report_html.py`;
+- `report_html.py`: the report's self-contained HTML page (inline CSS, relative links, no script);
+- `cli.py`: the `museformer-analyze stats|se|plot|heatmap|pianoroll|render|report` command.
 """

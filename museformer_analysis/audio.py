@@ -1,4 +1,4 @@
-"""MIDI -> WAV with the FluidSynth program and a General MIDI SoundFont (Debian: fluidsynth, fluid-soundfont-gm)."""
+"""MIDI -> WAV, FLAC or Ogg Vorbis with the FluidSynth program and a General MIDI SoundFont (Debian: fluidsynth, fluid-soundfont-gm)."""
 from __future__ import annotations
 
 import os
@@ -17,6 +17,9 @@ SOUNDFONT_CANDIDATES = (
     "/usr/local/share/soundfonts/default.sf2",
 )
 SAMPLE_RATE = 44100  # Hz, CD quality
+# Output file suffix -> FluidSynth's -T file type (it writes these through libsndfile). The type is always passed:
+# FluidSynth 2.3 guesses it from the suffix only for .oga, not .ogg, and silently writes WAV for anything unknown.
+AUDIO_FILE_TYPES = {".wav": "wav", ".flac": "flac", ".ogg": "oga", ".oga": "oga"}
 RENDER_TIMEOUT_S = 600  # a pathological file must not hang the command forever
 
 
@@ -45,35 +48,46 @@ def find_fluidsynth() -> str:
     return exe
 
 
-def render_midi(midi_path: str, wav_path: str, soundfont: str | None = None, sample_rate: int = SAMPLE_RATE) -> str:
-    """Write `wav_path` (16-bit stereo WAV) from `midi_path`. Raises AudioToolMissing (FluidSynth or SoundFont
-    missing), FileNotFoundError (no MIDI file) or RuntimeError (FluidSynth failed, with its last output)."""
+def audio_file_type(audio_path: str) -> str:
+    """FluidSynth's -T value for `audio_path`'s suffix; ValueError for a suffix it cannot write."""
+    suffix = os.path.splitext(audio_path)[1].lower()
+    if suffix not in AUDIO_FILE_TYPES:
+        raise ValueError(f"{audio_path}: cannot tell the audio format from '{suffix or 'no suffix'}'; name the "
+                         f"output with one of {', '.join(AUDIO_FILE_TYPES)}.")
+    return AUDIO_FILE_TYPES[suffix]
+
+
+def render_midi(midi_path: str, audio_path: str, soundfont: str | None = None, sample_rate: int = SAMPLE_RATE) -> str:
+    """Write `audio_path` (stereo; 16-bit WAV or FLAC, or Ogg Vorbis, by its suffix) from `midi_path`. Raises
+    AudioToolMissing (FluidSynth or SoundFont missing), FileNotFoundError (no MIDI file), ValueError (unknown
+    suffix) or RuntimeError (FluidSynth failed, with its last output)."""
+    file_type = audio_file_type(audio_path)
     sf2 = find_soundfont(soundfont)
     exe = find_fluidsynth()
     if not os.path.isfile(midi_path):
         raise FileNotFoundError(f"{midi_path}: no such MIDI file.")
-    if os.path.dirname(wav_path):
-        os.makedirs(os.path.dirname(wav_path), exist_ok=True)
-    # -n: no MIDI input driver, -i: no shell, -F: render to file, -r: sample rate, -q: quiet (FluidSynth >= 2)
-    cmd = [exe, "-n", "-i", "-q", "-F", wav_path, "-r", str(sample_rate), sf2, midi_path]
+    if os.path.dirname(audio_path):
+        os.makedirs(os.path.dirname(audio_path), exist_ok=True)
+    # -n: no MIDI input driver, -i: no shell, -F: render to file, -T: its type, -r: sample rate, -q: quiet (>= 2.0)
+    cmd = [exe, "-n", "-i", "-q", "-F", audio_path, "-T", file_type, "-r", str(sample_rate), sf2, midi_path]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RENDER_TIMEOUT_S)
     except subprocess.TimeoutExpired as e:
         raise RuntimeError(f"fluidsynth did not finish {midi_path} within {RENDER_TIMEOUT_S} s.") from e
-    if proc.returncode != 0 or not os.path.isfile(wav_path) or os.path.getsize(wav_path) <= 44:
+    if proc.returncode != 0 or not os.path.isfile(audio_path) or os.path.getsize(audio_path) <= 44:  # header only
         tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
         raise RuntimeError(f"fluidsynth failed on {midi_path} (exit {proc.returncode}): "
                            f"{' | '.join(tail) or 'no output'}")
-    return wav_path
+    return audio_path
 
 
-def render_tokens(token_path: str, wav_path: str, soundfont: str | None = None, positions_per_beat: int = 12) -> str:
+def render_tokens(token_path: str, audio_path: str, soundfont: str | None = None, positions_per_beat: int = 12) -> str:
     """Decode a token file (*.mid.txt) to a temporary MIDI file and render that."""
     from .piece import decode_token_file
 
-    find_soundfont(soundfont), find_fluidsynth()  # say what is missing before decoding anything
+    audio_file_type(audio_path), find_soundfont(soundfont), find_fluidsynth()  # fail before decoding anything
     midi = decode_token_file(token_path, positions_per_beat)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_midi = os.path.join(tmp, "decoded.mid")
         midi.dump(tmp_midi)
-        return render_midi(tmp_midi, wav_path, soundfont)
+        return render_midi(tmp_midi, audio_path, soundfont)

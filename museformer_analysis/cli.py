@@ -1,4 +1,5 @@
-"""`museformer-analyze stats|se|plot|heatmap|pianoroll|render`: judge music by bar similarity, metrics, pictures, audio.
+"""`museformer-analyze stats|se|plot|heatmap|pianoroll|render|report`: judge music by bar similarity, metrics,
+pictures, audio, and one HTML page per generation run.
 
 Exit codes: 0 = done; 1 = nothing could be analysed (every input file was skipped) or FluidSynth failed;
 2 = bad arguments or input (missing file, bad option value, FluidSynth or SoundFont not installed).
@@ -23,7 +24,9 @@ examples:
   museformer-analyze plot demo_out/midi demo_out/samples --label chorales --label samples --out lt.png
   museformer-analyze heatmap song.mid --out song_heatmap.png
   museformer-analyze pianoroll demo_out/samples/sample_000.mid
-  museformer-analyze render demo_out/samples/sample_000.mid sample_000.wav
+  museformer-analyze render demo_out/samples/sample_000.mid sample_000.ogg
+  museformer-analyze report demo_out/samples --reference demo_out/analysis/train_stats.json \
+      --ppl demo_out/ppl.json --out demo_out/report
 
 exit codes: 0 = done, 1 = nothing could be analysed or FluidSynth failed, 2 = bad arguments or input"""
 
@@ -163,10 +166,21 @@ def cmd_render(args) -> int:
     from .piece import is_token_file
 
     if is_token_file(args.file):
-        out = render_tokens(args.file, args.out_wav, args.soundfont, args.positions_per_beat)
+        out = render_tokens(args.file, args.out_audio, args.soundfont, args.positions_per_beat)
     else:
-        out = render_midi(args.file, args.out_wav, args.soundfont)
+        out = render_midi(args.file, args.out_audio, args.soundfont)
     print(f"wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB)")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    page = write_report(args.inputs, args.out, reference=args.reference, ppl_json=args.ppl, soundfont=args.soundfont,
+                        audio_format=args.audio_format, max_distance=args.max_distance,
+                        positions_per_beat=args.positions_per_beat, remove_empty_bars=args.remove_empty_bars,
+                        title=args.title)
+    print(f"wrote {page}")
     return 0
 
 
@@ -235,17 +249,45 @@ def build_parser() -> argparse.ArgumentParser:
     _piece_options(p)
     p.set_defaults(func=cmd_pianoroll)
 
-    p = sub.add_parser("render", help="MIDI -> WAV with FluidSynth and a General MIDI SoundFont",
+    p = sub.add_parser("render", help="MIDI -> WAV, FLAC or Ogg with FluidSynth and a General MIDI SoundFont",
                        formatter_class=fmt,
                        description="Needs the fluidsynth program and a GM SoundFont (Debian/Ubuntu: apt-get install "
-                                   "fluidsynth fluid-soundfont-gm). A token file is decoded to MIDI first.",
+                                   "fluidsynth fluid-soundfont-gm). A token file is decoded to MIDI first. The "
+                                   "output's suffix picks the format: .wav, .flac (lossless) or .ogg (Vorbis).",
                        epilog="example:\n  museformer-analyze render samples/sample_000.mid sample_000.wav")
     p.add_argument("file", metavar="FILE.mid", help="a MIDI file or a token file (*.mid.txt)")
-    p.add_argument("out_wav", metavar="OUT.wav")
+    p.add_argument("out_audio", metavar="OUT.wav|OUT.flac|OUT.ogg")
     p.add_argument("--soundfont", metavar="FILE.sf2", help="SoundFont to play with (default: the installed GM one)")
     p.add_argument("--positions-per-beat", type=int, default=DEFAULT_POSITIONS_PER_BEAT, metavar="P",
                    help="grid of a token file (default: 12)")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("report", help="one HTML page for a generation run: pictures, audio, L_t, SE, metrics, "
+                                      "perplexity", formatter_class=fmt,
+                       description="Writes OUT/index.html and its assets (all linked by relative paths: the folder "
+                                   "opens from file:// without a network). Per piece: piano roll, bar x bar "
+                                   "heatmap, audio player (FluidSynth; without it the page says what to install), "
+                                   "bars, notes, instruments, tempo, time signature, grammar errors (counted in the "
+                                   "token file beside the MIDI). For the set: L_t against the reference corpus, SE, "
+                                   "the metrics side by side with the reference's, and the perplexity table.",
+                       epilog="example:\n  museformer-analyze report demo_out/samples --reference "
+                              "demo_out/analysis/train_stats.json \\\n      --ppl demo_out/ppl.json --out "
+                              "demo_out/report")
+    p.add_argument("inputs", nargs="+", metavar="DIR_OR_FILE", help="the generated MIDI / token files, or folders")
+    p.add_argument("--out", required=True, metavar="DIR", help="report folder; DIR/index.html is the page")
+    p.add_argument("--reference", metavar="CORPUS",
+                   help="reference corpus: a folder of MIDI / token files or a `stats --json` output computed with "
+                        "the same flags (default: none, so no SE and no reference columns)")
+    p.add_argument("--ppl", metavar="ppl.json",
+                   help="what `museformer-eval-ppl --json` wrote, shown as a table (default: no perplexity table)")
+    p.add_argument("--audio-format", choices=("ogg", "flac"), default="ogg",
+                   help="ogg: Vorbis, about 5x smaller; flac: lossless (default: ogg)")
+    p.add_argument("--soundfont", metavar="FILE.sf2", help="SoundFont to play with (default: the installed GM one)")
+    p.add_argument("--title", help="page title (default: names the inputs)")
+    p.add_argument("--max-distance", type=int, default=DEFAULT_MAX_DISTANCE, metavar="T",
+                   help=f"largest bar distance t of L_t and SE, in bars (default: {DEFAULT_MAX_DISTANCE})")
+    _piece_options(p)
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -10,6 +10,7 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -17,7 +18,7 @@ from data_prep.config import TokenizerConfig
 from data_prep.constants import DEFAULT_POSITIONS_PER_BEAT
 
 from .metrics import MetricsStats
-from .piece import find_inputs, load_piece, skip_reason
+from .piece import Piece, find_inputs, load_piece, skip_reason
 from .similarity import DEFAULT_MAX_DISTANCE, SimilarityStats
 
 STATS_FORMAT = "museformer-analyze stats v1"  # marks a JSON that `se` and `plot` can take instead of a folder
@@ -30,10 +31,12 @@ def corpus_stats(
     positions_per_beat: int = DEFAULT_POSITIONS_PER_BEAT,
     remove_empty_bars: bool = True,
     desc: str = "stats",
+    on_piece: Callable[[str, Piece], None] | None = None,
 ) -> dict:
     """Read every MIDI / token file under `paths` and return the stats dict. Unreadable files are counted by
-    reason in "skipped", never raised. Raises FileNotFoundError for a path that does not exist and ValueError
-    when no MIDI or token file is found at all."""
+    reason in "skipped", never raised. `on_piece(path, piece)` is called for every file analysed (the report
+    draws each piece from it, so no file is read twice). Raises FileNotFoundError for a path that does not exist
+    and ValueError when no MIDI or token file is found at all."""
     TokenizerConfig(positions_per_beat=positions_per_beat)  # a bad grid is the caller's error, not a skipped file
     files, left_out = find_inputs(paths)
     if not files:
@@ -51,6 +54,8 @@ def corpus_stats(
         sim.add_piece(piece)
         metrics.add_piece(piece)
         analysed += 1
+        if on_piece is not None:
+            on_piece(path, piece)
     out = {
         "format": STATS_FORMAT,
         "inputs": [os.fspath(p) for p in paths],

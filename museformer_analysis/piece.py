@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_prep.config import TokenizerConfig
@@ -52,6 +52,8 @@ class Piece:
     bar_start_pos: list[int]  # absolute grid position of each bar start
     bar_length_pos: list[int]  # length of each bar in grid positions (from its time signature)
     notes: list[PieceNote]
+    bar_time_signatures: list[tuple[int, int]] = field(default_factory=list)  # (numerator, denominator) per bar
+    tempos_bpm: list[tuple[int, float]] = field(default_factory=list)  # (bar_idx where it starts, BPM), in order
 
     @property
     def num_bars(self) -> int:
@@ -97,9 +99,14 @@ def read_token_file(path: str | os.PathLike) -> list[str]:
 def decode_token_file(path: str | os.PathLike, positions_per_beat: int = DEFAULT_POSITIONS_PER_BEAT):
     """A token file -> miditoolkit `MidiFile` (the tokenizer's decoder; malformed groups are skipped by it)."""
     tokens = read_token_file(path)
-    # Token files without s- tokens were written with --ignore-ts: decode them as such (4/4, widened bars).
+    return decode_tokens(tokens, token_config(tokens, positions_per_beat)).midi
+
+
+def token_config(tokens: list[str], positions_per_beat: int = DEFAULT_POSITIONS_PER_BEAT) -> TokenizerConfig:
+    """The tokenizer config a token file was most likely written with: the grid given, and --ignore-ts when it
+    has no s- token (such files are decoded as 4/4 with widened bars)."""
     has_ts = any((parse_token(t) or ("", 0))[0] == "s" for t in tokens)
-    return decode_tokens(tokens, TokenizerConfig(positions_per_beat=positions_per_beat, ignore_ts=not has_ts)).midi
+    return TokenizerConfig(positions_per_beat=positions_per_beat, ignore_ts=not has_ts)
 
 
 def load_piece(
@@ -121,6 +128,9 @@ def load_piece(
 
     bar_starts = [b.start_pos for b in score.bars]
     bar_lengths = [b.length for b in score.bars]
+    bar_ts = [b.ts for b in score.bars]
+    tempos = [(max(bisect.bisect_right(bar_starts, pos) - 1, 0), bpm)
+              for pos, bpm in zip(score.tempo_positions, score.tempos)]
     notes = []
     for onset in sorted(score.notes):
         bar_idx = bisect.bisect_right(bar_starts, onset) - 1
@@ -136,9 +146,13 @@ def load_piece(
                 ))
     first = min(n.bar_idx for n in notes) if remove_empty_bars else 0  # quantize() refuses files without notes
     if first:
-        bar_starts, bar_lengths = bar_starts[first:], bar_lengths[first:]
+        bar_starts, bar_lengths, bar_ts = bar_starts[first:], bar_lengths[first:], bar_ts[first:]
         notes = [PieceNote(n.bar_idx - first, n.pos_in_bar, n.pitch, n.dur_pos, n.inst, n.velocity) for n in notes]
-    return Piece(name, positions_per_beat, bar_starts, bar_lengths, notes)
+        # the tempo in force at the new first bar starts there; later changes move with their bars
+        kept = [(bar - first, bpm) for bar, bpm in tempos if bar >= first]
+        before = [bpm for bar, bpm in tempos if bar <= first]
+        tempos = ([(0, before[-1])] if not kept or kept[0][0] > 0 else []) + kept
+    return Piece(name, positions_per_beat, bar_starts, bar_lengths, notes, bar_ts, tempos)
 
 
 def find_inputs(paths: list[str]) -> tuple[list[str], dict[str, int]]:

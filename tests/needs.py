@@ -1,4 +1,5 @@
-"""One way for a test module to say it needs fairseq, so that all of them skip (or fail) alike.
+"""One way for a test module to say it needs fairseq (or the audio and browser programs), so that all of them
+skip (or fail) alike.
 
 Call ``require_fairseq()`` at the top of a test module, before anything that imports ``museformer_plugin``
 (whose ``__init__`` imports fairseq). Without fairseq the module is skipped with the same reason everywhere, shown
@@ -30,3 +31,43 @@ def require_fairseq():
         if os.environ.get("MUSEFORMER_REQUIRE_FAIRSEQ") == "1":
             pytest.fail(f"{FAIRSEQ_REASON}; MUSEFORMER_REQUIRE_FAIRSEQ=1 is set ({err})", pytrace=False)
         pytest.skip(FAIRSEQ_REASON, allow_module_level=True)
+
+
+# The programs of the audio and browser tests (Debian package names); .ci/run installs them when missing.
+PROGRAM_INSTALL = "apt-get install chromium fluidsynth fluid-soundfont-gm"
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")  # Debian's name first
+
+
+def find_browser() -> str | None:
+    """The path of a Chromium-family browser on PATH, or None."""
+    import shutil
+
+    return next((path for path in map(shutil.which, BROWSERS) if path), None)
+
+
+def missing_programs(browser: bool = False) -> list[str]:
+    """What the audio (and, with `browser`, the browser) tests lack: program names or "a GM SoundFont"."""
+    import shutil
+
+    from museformer_analysis.audio import AudioToolMissing, find_soundfont
+
+    missing = [] if shutil.which("fluidsynth") else ["fluidsynth"]
+    try:
+        find_soundfont(None)
+    except AudioToolMissing:
+        missing.append("a GM SoundFont")
+    if browser and find_browser() is None:
+        missing.append("chromium")
+    return missing
+
+
+def require_programs(browser: bool = False, module_level: bool = False) -> None:
+    """Skip unless FluidSynth, a GM SoundFont (and Chromium) are there, saying what to install; with
+    MUSEFORMER_REQUIRE_PROGRAMS=1 (CI: .ci/run installs them first) fail instead."""
+    missing = missing_programs(browser)
+    if not missing:
+        return
+    reason = f"needs {', '.join(missing)} (Debian/Ubuntu: {PROGRAM_INSTALL})"
+    if os.environ.get("MUSEFORMER_REQUIRE_PROGRAMS") == "1":
+        pytest.fail(f"{reason}; MUSEFORMER_REQUIRE_PROGRAMS=1 is set", pytrace=False)
+    pytest.skip(reason, allow_module_level=module_level)

@@ -238,7 +238,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
 
 
 def test_help_of_every_subcommand():
-    for command in ("stats", "se", "plot", "heatmap", "pianoroll", "render"):
+    for command in ("stats", "se", "plot", "heatmap", "pianoroll", "render", "report"):
         with pytest.raises(SystemExit) as exc:
             main([command, "--help"])
         assert exc.value.code == 0
@@ -249,13 +249,15 @@ def test_works_without_fairseq_or_torch(tmp_path):
     code = (
         "import sys; sys.modules['fairseq'] = None; sys.modules['torch'] = None\n"  # any import of them fails
         "from museformer_analysis.cli import main\n"
+        f"assert main(['report', {str(path)!r}, '--out', {str(tmp_path / 'report')!r}]) == 0\n"
         f"sys.exit(main(['stats', {str(path)!r}, '--max-distance', '4']))\n"
     )
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo,
                           env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["similarity"]["4"] == 1.0
+    assert json.loads(proc.stdout.split("\n", 1)[1])["similarity"]["4"] == 1.0  # after report's "wrote ..." line
+    assert (tmp_path / "report" / "index.html").is_file()
 
 
 def test_compare_table_adds_an_se_column(tmp_path):
