@@ -8,6 +8,7 @@
 #   5. sample   a new piece from the trained model                        -> demo_out/samples/*.mid
 #   6. analyze  each sample's piano roll; L_t of samples vs the training corpus, and their SE
 #                                      -> demo_out/samples/*.png, demo_out/analysis/{similarity.png,se.json}
+#               and one page with all of it, the samples' audio and the perplexities -> demo_out/report/index.html
 #
 # Usage:  bash run_scripts/demo.sh            (or `make demo`, which installs .venv first)
 # Variables:
@@ -80,7 +81,7 @@ else
   echo "museformer_plugin/sample.py is not there yet: skipping sampling"
 fi
 
-stage "6/6 analyze: piano rolls, L_t of samples vs the training corpus, SE -> $OUT/analysis"
+stage "6/6 analyze: piano rolls, L_t of samples vs the training corpus, SE -> $OUT/analysis; report -> $OUT/report"
 analyze=(python -m museformer_analysis)  # = museformer-analyze
 rm -rf "$OUT/analysis"
 if compgen -G "$OUT/samples/*.mid" >/dev/null; then
@@ -104,6 +105,10 @@ if compgen -G "$OUT/samples/*.mid" >/dev/null; then
       --json "$OUT/analysis/se.json"; then
     echo "no SE for these samples (see the line above); the piano rolls and the L_t plot are written"
   fi
+  # One page for the run: pictures, audio (FluidSynth, or the line that installs it), L_t, SE, metrics, perplexity.
+  rm -rf "$OUT/report"
+  run "${analyze[@]}" report "$OUT/samples" --reference "$OUT/analysis/train_stats.json" --ppl "$OUT/ppl.json" \
+    --title "make demo: $NUM_SAMPLES sample(s) of $ARCH after $TRAIN_MINUTES minutes on CPU" --out "$OUT/report"
 else
   echo "no sampled MIDI in $OUT/samples: nothing to analyse"
 fi
@@ -115,5 +120,6 @@ if compgen -G "$OUT/samples/*.mid" >/dev/null; then
   echo "listen to:      $(ls "$OUT"/samples/*.mid | head -n 3 | tr '\n' ' ')"
   echo "look at:        $(ls "$OUT"/samples/*.png | head -n 3 | tr '\n' ' ')$OUT/analysis/similarity.png"
   echo "SE:             $OUT/analysis/se.json"
-  echo "audio:          museformer-analyze render $(ls "$OUT"/samples/*.mid | head -n 1) sample.wav"
+  echo "audio:          museformer-analyze render $(ls "$OUT"/samples/*.mid | head -n 1) sample.ogg"
+  echo "report:         $OUT/report/index.html  (open it in a browser: pictures, audio and numbers of the run)"
 fi

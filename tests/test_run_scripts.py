@@ -99,6 +99,11 @@ def test_demo_end_to_end(demo):
     tokens = (out / "samples" / (mids[0].stem + ".txt")).read_text().split()
     assert tokens and all(re.fullmatch(r"[a-z]-\d+", t) for t in tokens), tokens[:20]
     assert midi.ticks_per_beat > 0
+    # the run's report page, printed at the end, with the samples' pictures and the perplexity table
+    page = out / "report" / "index.html"
+    assert f"report:         {page}" in log and page.is_file(), log[-3000:]
+    html = page.read_text()
+    assert f'src="pieces/{mids[0].stem}.png"' in html and "<h2>Perplexity</h2>" in html
 
 
 def test_prepare_data_script(demo):
