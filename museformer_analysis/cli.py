@@ -179,7 +179,7 @@ def cmd_report(args) -> int:
     page = write_report(args.inputs, args.out, reference=args.reference, ppl_json=args.ppl, soundfont=args.soundfont,
                         audio_format=args.audio_format, max_distance=args.max_distance,
                         positions_per_beat=args.positions_per_beat, remove_empty_bars=args.remove_empty_bars,
-                        title=args.title)
+                        title=args.title, reference_label=args.reference_label)
     print(f"wrote {page}")
     return 0
 
@@ -278,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", metavar="CORPUS",
                    help="reference corpus: a folder of MIDI / token files or a `stats --json` output computed with "
                         "the same flags (default: none, so no SE and no reference columns)")
+    p.add_argument("--reference-label", metavar="NAME",
+                   help="what the page calls the reference (default: its folder or file name)")
     p.add_argument("--ppl", metavar="ppl.json",
                    help="what `museformer-eval-ppl --json` wrote, shown as a table (default: no perplexity table)")
     p.add_argument("--audio-format", choices=("ogg", "flac"), default="ogg",

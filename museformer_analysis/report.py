@@ -86,10 +86,12 @@ def write_report(
     positions_per_beat: int = DEFAULT_POSITIONS_PER_BEAT,
     remove_empty_bars: bool = True,
     title: str | None = None,
+    reference_label: str | None = None,
 ) -> Path:
     """Write out_dir/index.html and its assets for the MIDI / token files under `inputs`; returns the page's path.
 
-    reference: a folder or file(s) of the reference corpus, or a `museformer-analyze stats --json` output.
+    reference: a folder or file(s) of the reference corpus, or a `museformer-analyze stats --json` output, called
+    `reference_label` on the page (default: its folder or file name).
     ppl_json: what `museformer-eval-ppl --json` wrote. Without FluidSynth or a GM SoundFont the page says how to
     install them where the players would be; an explicit `soundfont` that does not exist is an error. Raises
     FileNotFoundError / ValueError for bad input and NothingToReport when no file could be analysed.
@@ -125,7 +127,8 @@ def write_report(
                               f"{gen_stats['skipped']}), so there is no report.")
 
     report = SetReport(generated=gen_stats, reference=ref_stats,
-                       reference_name=os.path.basename(os.path.normpath(reference)) if reference else None,
+                       reference_name=(reference_label or os.path.basename(os.path.normpath(reference))
+                                       if reference else None),
                        similarity_plot="similarity.png", se=None, se_distances=[], se_problem=None,
                        perplexity=perplexity, perplexity_source=os.path.basename(ppl_json) if ppl_json else None,
                        pieces=pieces, audio_mime=mime)

@@ -107,7 +107,8 @@ if compgen -G "$OUT/samples/*.mid" >/dev/null; then
   fi
   # One page for the run: pictures, audio (FluidSynth, or the line that installs it), L_t, SE, metrics, perplexity.
   rm -rf "$OUT/report"
-  run "${analyze[@]}" report "$OUT/samples" --reference "$OUT/analysis/train_stats.json" --ppl "$OUT/ppl.json" \
+  run "${analyze[@]}" report "$OUT/samples" --reference "$OUT/analysis/train_stats.json" \
+    --reference-label "training corpus" --ppl "$OUT/ppl.json" \
     --title "make demo: $NUM_SAMPLES sample(s) of $ARCH after $TRAIN_MINUTES minutes on CPU" --out "$OUT/report"
 else
   echo "no sampled MIDI in $OUT/samples: nothing to analyse"

@@ -61,7 +61,8 @@ def run(tmp_path_factory) -> Path:
 def report(run) -> Path:
     out = run / "report"
     assert main(["report", str(run / "samples"), str(run / "tokens"), "--reference", str(run / "reference"),
-                 "--ppl", str(run / "ppl.json"), "--out", str(out), "--title", "run 1"]) == 0
+                 "--reference-label", "the <reference>", "--ppl", str(run / "ppl.json"), "--out", str(out),
+                 "--title", "run 1"]) == 0
     return out
 
 
@@ -168,7 +169,7 @@ def test_set_numbers_are_the_analysis_numbers(report, run):
     assert f"1 {gen['similarity']['1']:.3f} {ref['similarity']['1']:.3f}" in text  # the L_1 row
     row = f"groove consistency {gen['metrics']['groove_consistency']:.3f} {ref['metrics']['groove_consistency']:.3f}"
     assert row in text
-    assert f"{gen['files']} pieces; reference corpus: reference, 3 files" in text
+    assert f"{gen['files']} pieces; reference corpus: the <reference>, 3 files" in text  # escaped in the markup
     for length, r in PPL.items():  # the perplexity table: length, songs, whole, tokens, loss, ppl
         assert (f"{int(length):,} {r['songs']} {r['songs_whole']} {r['tokens']:,} {r['loss']:.4f} {r['ppl']:.4f}"
                 in text)
