@@ -132,9 +132,9 @@ def write_report(
                        similarity_plot="similarity.png", se=None, se_distances=[], se_problem=None,
                        perplexity=perplexity, perplexity_source=os.path.basename(ppl_json) if ppl_json else None,
                        pieces=pieces, audio_mime=mime)
-    curves = [(f"generated ({gen_stats['files']} files)", gen_stats["similarity"])]
+    curves = [(f"generated ({plural(gen_stats['files'], 'piece')})", gen_stats["similarity"])]
     if ref_stats is not None:
-        curves.insert(0, (f"reference: {report.reference_name} ({ref_stats['files']} files)",
+        curves.insert(0, (f"reference: {report.reference_name} ({plural(ref_stats['files'], 'file')})",
                           ref_stats["similarity"]))
         try:
             report.se, report.se_distances = similarity_error(ref_stats["similarity"], gen_stats["similarity"],
@@ -147,11 +147,16 @@ def write_report(
     farthest = max((int(t) for _, curve in curves for t, v in curve.items() if v is not None), default=1)
     plot_curves(curves, out / report.similarity_plot, min(max_distance, max(farthest, 1)))
 
-    from .report_html import render_page
+    from .report_html import render_page  # here: report_html imports this module's dataclasses
 
     page = out / "index.html"
     page.write_text(render_page(report, title or f"Generation report: {', '.join(inputs)}"), encoding="utf-8")
     return page
+
+
+def plural(count: int, noun: str) -> str:
+    """1 piece, 2 pieces."""
+    return f"{count:,} {noun}{'s' * (count != 1)}"
 
 
 def load_ppl_json(path: str) -> dict[int, dict]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from html import escape
 from urllib.parse import quote
 
-from .report import SetReport, PieceReport
+from .report import PieceReport, SetReport, plural
 from .plots import STRUCTURE_DISTANCES
 
 METRIC_LABELS = {  # corpus.py's "metrics" keys, in the order shown
@@ -30,12 +30,15 @@ table { border-collapse: collapse; margin: 8px 0 14px; }
 th, td { border: 1px solid #ddd; padding: 3px 10px; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 thead th { background: #f3f3f5; }
-.set { display: flex; flex-wrap: wrap; gap: 8px 28px; align-items: flex-start; }
+.row { display: flex; flex-wrap: wrap; gap: 0 36px; align-items: flex-start; }
+.row > div { max-width: 520px; }
+img.curves { width: 640px; }  /* 800 x 450 drawn at 640 px, so that the SE and the L_t table fit beside it */
 .piece { border: 1px solid #ddd; border-radius: 8px; padding: 12px 14px; margin: 16px 0; }
 .facts { display: flex; flex-wrap: wrap; gap: 4px 18px; margin: 4px 0 8px; padding: 0; list-style: none; }
 .facts b { font-weight: 600; }
 .pictures { display: flex; flex-wrap: wrap; gap: 8px; align-items: flex-start; }
 img { max-width: 100%; height: auto; }
+.pictures img { min-width: 0; }  /* let the pictures shrink below their pixel width, side by side */
 .pianoroll { flex: 1 1 700px; } .heatmap { flex: 0 1 420px; }
 audio { width: 100%; max-width: 560px; margin: 4px 0 6px; display: block; }
 .note { background: #fff6e0; border: 1px solid #f0d89a; border-radius: 6px; padding: 6px 10px; margin: 6px 0; }
@@ -91,9 +94,9 @@ def _similarity_section(report: SetReport) -> str:
         if ref:
             row.append(_fmt(ref["similarity"].get(str(t))))
         rows.append(row)
-    picture = (f'<img src="{_link(report.similarity_plot)}" width="800" height="450" '
+    picture = (f'<img class="curves" src="{_link(report.similarity_plot)}" width="800" height="450" '
                'alt="L_t of the generated pieces and of the reference corpus against bar distance t">')
-    return (f'<h2>Bar similarity</h2><div class="set"><div>{picture}</div><div>{se}'
+    return (f'<h2>Bar similarity</h2><div class="row">{picture}<div>{se}'
             f"{_table(head, rows)}<p>L<sub>t</sub>: mean similarity of bars t apart (paper &sect;3.1).</p>"
             "</div></div>")
 
@@ -107,7 +110,7 @@ def _metrics_section(report: SetReport) -> str:
         if ref:
             row.append(_fmt(ref.get(key)))
         rows.append(row)
-    return "<h2>Music metrics</h2>" + _table(head, rows)
+    return "<div><h2>Music metrics</h2>" + _table(head, rows) + "</div>"
 
 
 def _perplexity_section(report: SetReport) -> str:
@@ -116,9 +119,8 @@ def _perplexity_section(report: SetReport) -> str:
     rows = [[_fmt(length), _fmt(r["songs"]), _fmt(r.get("songs_whole")), _fmt(r["tokens"]), _fmt(r["loss"], 4),
              _fmt(r["ppl"], 4)] for length, r in report.perplexity.items()]
     head = ["length L (tokens)", "songs", "whole (&le; L)", "tokens", "loss (bits/token)", "perplexity"]
-    return (f"<h2>Perplexity</h2><p>From <code>{escape(report.perplexity_source or '')}</code> "
-            "(<code>museformer-eval-ppl --json</code>): each song is cut to its first L tokens.</p>"
-            + _table(head, rows))
+    return (f"<div><h2>Perplexity</h2>{_table(head, rows)}<p>From <code>{escape(report.perplexity_source or '')}"
+            "</code> (<code>museformer-eval-ppl --json</code>): each song is cut to its first L tokens.</p></div>")
 
 
 def _audio(piece: PieceReport, mime: str) -> str:
@@ -149,10 +151,10 @@ def _piece_section(piece: PieceReport, mime: str) -> str:
 def render_page(report: SetReport, title: str) -> str:
     gen = report.generated
     settings = gen["settings"]
-    reference = (f"reference corpus: <code>{escape(report.reference_name or '')}</code>, "
-                 f"{report.reference['files']} files{_skips(report.reference)}" if report.reference
+    reference = (f"reference corpus: {escape(report.reference_name or '')}, "
+                 f"{plural(report.reference['files'], 'file')}{_skips(report.reference)}" if report.reference
                  else "no reference corpus (--reference)")
-    summary = (f"{gen['files']} pieces{_skips(gen)}; {reference}. Bars cut as the tokenizer cuts them "
+    summary = (f"{plural(gen['files'], 'piece')}{_skips(gen)}; {reference}. Bars cut as the tokenizer cuts them "
                f"({settings['positions_per_beat']} positions per quarter note"
                f"{', leading empty bars dropped' if settings['remove_empty_bars'] else ''}).")
     pieces = "\n".join(_piece_section(p, report.audio_mime) for p in report.pieces)
@@ -168,8 +170,8 @@ def render_page(report: SetReport, title: str) -> str:
 <h1>{escape(title)}</h1>
 <p class="sub">{summary}</p>
 {_similarity_section(report)}
-{_metrics_section(report)}
-{_perplexity_section(report)}
+<div class="row">{_metrics_section(report)}
+{_perplexity_section(report)}</div>
 <h2>Pieces</h2>
 {pieces}
 <p class="sub">Written by <code>museformer-analyze report</code>. Piano roll: x in bars, y in MIDI pitch, one colour
