@@ -69,6 +69,12 @@ class MuseformerLMConfig(FairseqDataclass):
             "(for REMIGEN / general-use data, where t-* follows each onset; spec §3)"
         },
     )
+    bos_in_first_bar: bool = field(
+        default=False,
+        metadata={"help": "reproduces the original's training/validation layout, including its bar-1 leak (the BOS "
+                  "belongs to bar 1 and sees all of bar 1's tokens; spec §2.6); for comparing with published numbers "
+                  "only. Off: the BOS is outside every bar, as in the original's generation path"},
+    )
     seed: int = II("common.seed")
     dataset_impl: Optional[ChoiceEnum(get_available_dataset_impl())] = II("dataset.dataset_impl")
 
@@ -137,6 +143,7 @@ class MuseformerLMTask(FairseqTask):
             truncate=self._truncation(split),
             shuffle=split.startswith("train"),
             seed=self.cfg.seed,
+            bos_in_first_bar=bool(getattr(self.cfg, "bos_in_first_bar", False)),
         )
         logger.info(
             "%s %s: %d songs (%d empty dropped), truncate=%s",
