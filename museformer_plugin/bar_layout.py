@@ -16,12 +16,14 @@ Conventions (batch-first, all tensors on the tokens' device):
 from __future__ import annotations
 
 import ast
+import os
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
 PAD_BAR = -1
+BAR_SYMBOL = "b-1"  # REMIGEN end-of-bar token (spec §1.1); its index is looked up in dict.txt, never hard-coded
 
 # A range command (spec §2.3): a tuple of items; an int k selects offset δ = k exactly, a pair (a, b) selects the
 # half-open range a <= δ < b, None as a bound means "unbounded". None as the whole command selects nothing.
@@ -225,6 +227,21 @@ class BarLayout:
         if new_is_bar_end is not None:
             complete = complete + new_is_bar_end.long()
         return BarLayout(torch.cat([self.bar_ids, new[:, None]], dim=1), complete)
+
+
+def bar_index(dictionary, data: Optional[str] = None) -> int:
+    """Index of ``b-1`` in ``dictionary`` (a fairseq ``Dictionary``); ValueError if museformer-prep did not build it.
+
+    ``data`` (the task's data path, ``DIR[:DIR2...]``) only names the dict.txt in the message.
+    """
+    idx = dictionary.index(BAR_SYMBOL)
+    if idx == dictionary.unk():
+        where = os.path.join(str(data).split(os.pathsep)[0], "dict.txt") if data else "the dictionary"
+        raise ValueError(
+            f"{where} has no {BAR_SYMBOL} token, so it was not built by museformer-prep; "
+            "rebuild the data directory with `museformer-prep all`"
+        )
+    return idx
 
 
 def compute_bar_ids(src_tokens: torch.Tensor, bar_token: int, pad: int) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -21,9 +21,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import IMPLS, FineCoarseAttention
-from .bar_layout import SCHEME_PRESETS, BarLayout, BarScheme, build_beat_lut, compute_bar_ids, compute_beat_ids
+from .bar_layout import (SCHEME_PRESETS, BarLayout, BarScheme, bar_index, build_beat_lut, compute_bar_ids,
+                         compute_beat_ids)
 from .incremental import forward_incremental, reorder
-from .task import bar_index
 
 ATTENTION_IMPL_CHOICES = ChoiceEnum(list(IMPLS))
 ATTENTION_SCHEME_CHOICES = ChoiceEnum(sorted(SCHEME_PRESETS))

@@ -26,14 +26,12 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
-from .bar_layout import build_beat_lut
-from .checkpoint_io import MuseformerInputError, install_atomic_checkpoint_copies, install_one_line_errors
+from .atomic_checkpoints import install_atomic_checkpoint_copies
+from .bar_layout import bar_index, build_beat_lut
+from .cli_errors import MuseformerInputError, install_one_line_errors
 from .dataset import MuseformerDataset
 
 logger = logging.getLogger(__name__)
-
-BAR_SYMBOL = "b-1"  # REMIGEN end-of-bar token (spec §1.1); its index is looked up in dict.txt, never hard-coded
-
 
 @dataclass
 class MuseformerLMConfig(FairseqDataclass):
@@ -252,14 +250,3 @@ class MuseformerLMTask(FairseqTask):
     def target_dictionary(self):
         return self.dictionary
 
-
-def bar_index(dictionary: Dictionary, data: Optional[str] = None) -> int:
-    """Index of ``b-1`` in ``dictionary``; ValueError if the dictionary was not built by museformer-prep."""
-    idx = dictionary.index(BAR_SYMBOL)
-    if idx == dictionary.unk():
-        where = os.path.join(utils.split_paths(data)[0], "dict.txt") if data else "the dictionary"
-        raise ValueError(
-            f"{where} has no {BAR_SYMBOL} token, so it was not built by museformer-prep; "
-            "rebuild the data directory with `museformer-prep all`"
-        )
-    return idx
