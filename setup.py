@@ -53,6 +53,7 @@ setup(
             "museformer-sample=museformer_tools.sample:main",
             "museformer-eval-ppl=museformer_tools.eval_ppl:main",
             "museformer-analyze=museformer_analysis.cli:main",
+            "museformer-import-original=museformer_tools.import_original:main",
         ]
     },
 )

@@ -61,22 +61,30 @@ def check_inputs(checkpoint: str, data: str, split: str) -> None:
             raise FileNotFoundError(f"split {split!r} not found: {path} is missing; binarise it with `museformer-prep all`")
 
 
-def _set_truncation(task, split: str, length: Optional[int]) -> None:
-    """Set ``--truncate-{split}`` on the task's config (an OmegaConf DictConfig or a dataclass)."""
+def _set_task_option(task, name: str, value) -> None:
+    """Set option ``name`` on the task's config (an OmegaConf DictConfig or a dataclass)."""
     from omegaconf import DictConfig, open_dict
 
-    name = f"truncate_{split}"
     if isinstance(task.cfg, DictConfig):
         with open_dict(task.cfg):
-            task.cfg[name] = length
+            task.cfg[name] = value
     else:
-        setattr(task.cfg, name, length)
+        setattr(task.cfg, name, value)
+
+
+def _set_truncation(task, split: str, length: Optional[int]) -> None:
+    """Set ``--truncate-{split}`` on the task's config."""
+    _set_task_option(task, f"truncate_{split}", length)
 
 
 def evaluate(checkpoint: str, data: str, split: str = "test", lengths: Sequence[int] = PAPER_LENGTHS,
              max_tokens: Optional[int] = None, batch_size: Optional[int] = None, cpu: bool = False,
-             fp16: bool = False, model_overrides: Optional[dict] = None, bf16: bool = False) -> Dict[int, dict]:
-    """Perplexity of ``checkpoint`` on ``split`` of ``data`` at each length; returns {L: {loss, ppl, ...}}."""
+             fp16: bool = False, model_overrides: Optional[dict] = None, bf16: bool = False,
+             bos_in_first_bar: bool = False) -> Dict[int, dict]:
+    """Perplexity of ``checkpoint`` on ``split`` of ``data`` at each length; returns {L: {loss, ppl, ...}}.
+
+    ``bos_in_first_bar``: score in the original's training / validation layout (the task's --bos-in-first-bar,
+    with its bar-1 leak), to compare with published numbers."""
     if split not in SPLITS:
         raise ValueError(f"--split must be one of {', '.join(SPLITS)} (the task's --truncate-* flags); got {split!r}")
     check_inputs(checkpoint, data, split)
@@ -89,7 +97,13 @@ def evaluate(checkpoint: str, data: str, split: str = "test", lengths: Sequence[
 
     use_cuda = torch.cuda.is_available() and not cpu
     overrides = {"data": data, **(model_overrides or {})}
+    from fairseq.dataclass.utils import overwrite_args_by_name
+
     state = read_checkpoint(checkpoint)  # CheckpointError (one line) for a truncated or foreign file
+    # fairseq applies arg_overrides only when it reads the file itself; the state is read here (for the one-line
+    # error), so override it here: without this the task read the checkpoint's own training data dir, not --data.
+    if state.get("cfg") is not None:
+        overwrite_args_by_name(state["cfg"], overrides)
     models, saved_cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides,
                                                                             state=state)
     model = models[0].eval()
@@ -103,6 +117,7 @@ def evaluate(checkpoint: str, data: str, split: str = "test", lengths: Sequence[
         model.cuda()
     criterion = task.build_criterion(saved_cfg.criterion)
     criterion.eval()
+    _set_task_option(task, "bos_in_first_bar", bool(bos_in_first_bar))
 
     # Full song lengths (untruncated) to report how many songs are shorter than each L. (None would fall back to
     # the checkpoint's --truncate-train, see MuseformerLMTask._truncation.)
@@ -151,6 +166,7 @@ def evaluate(checkpoint: str, data: str, split: str = "test", lengths: Sequence[
             "tokens": num_tokens,
             "songs": num_songs,
             "songs_whole": int((full_sizes <= length).sum()),
+            "layout": "bos-in-first-bar" if bos_in_first_bar else "default",
         }
         logger.info("L=%d: %d songs, %d tokens, %.1fs", length, num_songs, num_tokens, time.time() - start)
     return results
@@ -190,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run the model in fp16 (for GPUs; works on CPU too, slowly); the loss sums in fp32")
     parser.add_argument("--bf16", action="store_true",
                         help="run the model in bf16 (GPUs, and CPUs with AVX-512 BF16); the loss sums in fp32")
+    parser.add_argument("--bos-in-first-bar", action="store_true",
+                        help="reproduces the original's training/validation layout, including its bar-1 leak (the "
+                             "layout behind the paper's perplexities); for comparing with published numbers only "
+                             "(default: off, the BOS is outside every bar)")
     parser.add_argument("--model-overrides", default="{}",
                         help="python dict of config overrides, e.g. \"{'attention_impl': 'dense'}\"")
     return parser
@@ -209,11 +229,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not isinstance(overrides, dict):
             raise ValueError(f"--model-overrides must be a python dict literal, got {args.model_overrides!r}")
         results = evaluate(args.checkpoint, args.data, args.split, lengths, args.max_tokens, args.batch_size,
-                           args.cpu, args.fp16, overrides, args.bf16)
+                           args.cpu, args.fp16, overrides, args.bf16, args.bos_in_first_bar)
     except (FileNotFoundError, ValueError) as err:  # CheckpointError and MuseformerInputError are ValueErrors
         print(f"museformer-eval-ppl: error: {err}", file=sys.stderr)
         return 2
-    print(format_table(results, f"perplexity of {args.checkpoint} on '{args.split}' ({args.data})"))
+    layout = ", the original's training layout (--bos-in-first-bar)" if args.bos_in_first_bar else ""
+    print(format_table(results, f"perplexity of {args.checkpoint} on '{args.split}' ({args.data}){layout}"))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w", encoding="utf-8") as f:
