@@ -201,15 +201,18 @@ def test_fairseq_validate_and_eval_lm_read_the_imported_checkpoint(imported, dat
     assert abs(loss - want_bits) <= 0.00005 + 1e-6, (loss, want_bits)
 
 
-def test_finetune_from_the_imported_checkpoint(imported, data_bin, tmp_path):
-    """fairseq-train --finetune-from-model: the paper's model trained further on one's own data."""
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_finetune_from_the_imported_checkpoint(imported, data_bin, tmp_path, layout):
+    """fairseq-train --finetune-from-model: the paper's model trained further on one's own data (in the original's
+    training layout too: --bos-in-first-bar through fairseq-train, backward through the layout's correction)."""
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     save = tmp_path / "ft"
+    flag = ["--bos-in-first-bar"] if layout == "train" else []
     proc = subprocess.run(
         ["fairseq-train", str(data_bin), "--user-dir", USER_DIR, "--task", "museformer_lm", "--arch",
          "museformer_lm_tiny", "--finetune-from-model", str(imported), "--optimizer", "adam", "--lr", "1e-4",
          "--batch-size", "1", "--max-update", "1", "--cpu", "--save-dir", str(save), "--no-epoch-checkpoints",
-         "--disable-validation", "--criterion", "cross_entropy", "--log-interval", "1"],
+         "--disable-validation", "--criterion", "cross_entropy", "--log-interval", "1", *flag],
         env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert "Loaded checkpoint" in proc.stdout + proc.stderr
@@ -275,6 +278,21 @@ def test_dense_masks_define_what_the_correction_computes():
                           atol=1e-10)
     no_flags = BarLayout(bar_ids, complete)
     assert not torch.allclose(dense.attend_regular(q, k, v, k2, v2, no_flags, scheme)[0, :, 0], out_ref[0, :, 0])
+
+
+def test_a_later_fairseqs_cfg_checkpoint_imports_the_same(imported, tmp_path):
+    """The original trained under a later fairseq saves ``cfg`` (model options as a Namespace, task as a dict)."""
+    state = read_original(str(FIXTURE / "checkpoint_original.pt"))
+    args = vars(state.pop("args"))
+    model = argparse.Namespace(**{k: v for k, v in args.items() if k != "task"}, _name=args["arch"])
+    state["cfg"] = {"model": model, "task": {"_name": args["task"], "data": args["data"]}, "common": {}}
+    path = _save(state, tmp_path / "cfg_form.pt")
+    out = tmp_path / "from_cfg.pt"
+    assert import_original.main([str(path), "--dict", str(FIXTURE / "dict.txt"), "--out", str(out)]) == 0
+    ours = torch.load(out, weights_only=True)
+    reference = torch.load(imported, weights_only=True)
+    assert ours["cfg"]["model"] == reference["cfg"]["model"]
+    assert all(torch.equal(ours["model"][k], v) for k, v in reference["model"].items())
 
 
 # ------------------------------------------------------------------------------------------------- bad input
