@@ -26,8 +26,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["museformer_plugin", "museformer_plugin.*", "data_prep", "data_prep.*",
-                                    "museformer_analysis", "museformer_analysis.*"]),
+    packages=find_packages(include=["data_prep", "data_prep.*", "museformer_plugin", "museformer_plugin.*",
+                                    "museformer_tools", "museformer_tools.*", "museformer_analysis",
+                                    "museformer_analysis.*"]),
     install_requires=[
         "torch>=2.1",
         "numpy<2",  # fairseq's compiled extensions and np.int/np.float uses break with numpy 2
@@ -49,9 +50,10 @@ setup(
     entry_points={
         "console_scripts": [
             "museformer-prep=data_prep.cli:main",
-            "museformer-sample=museformer_plugin.sample:main",
-            "museformer-eval-ppl=museformer_plugin.eval_ppl:main",
+            "museformer-sample=museformer_tools.sample:main",
+            "museformer-eval-ppl=museformer_tools.eval_ppl:main",
             "museformer-analyze=museformer_analysis.cli:main",
+            "museformer-import-original=museformer_tools.import_original:main",
         ]
     },
 )

@@ -1,7 +1,8 @@
 """museformer_plugin: the fairseq --user-dir that registers the ``museformer_lm`` task, model and archs.
 
-Importing it only registers things (no CLI side effects; nothing without fairseq); ``sample.py`` and
-``eval_ppl.py`` are imported on demand.
+Importing it only registers things (no CLI side effects; nothing without fairseq). The tools that run after
+training (sampling, perplexity, checkpoint reading) live in the ``museformer_tools`` package, which this one never
+imports.
 """
 
 

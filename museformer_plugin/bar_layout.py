@@ -16,12 +16,14 @@ Conventions (batch-first, all tensors on the tokens' device):
 from __future__ import annotations
 
 import ast
+import os
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
 PAD_BAR = -1
+BAR_SYMBOL = "b-1"  # REMIGEN end-of-bar token (spec §1.1); its index is looked up in dict.txt, never hard-coded
 
 # A range command (spec §2.3): a tuple of items; an int k selects offset δ = k exactly, a pair (a, b) selects the
 # half-open range a <= δ < b, None as a bound means "unbounded". None as the whole command selects nothing.
@@ -173,12 +175,18 @@ class BarLayout:
 
     bar_ids:            long (B, T). 0 = prefix (BOS), 1..num_bars = bar index, PAD_BAR (-1) = padding.
     num_complete_bars:  long (B,). Bars that end with ``b-1``; they own summary slots 0..num_complete_bars-1.
+    bos_in_first_bar:   bool (B,) or None. True for a sample laid out as the original's training / validation data
+                        path did (spec §2.6; ``--bos-in-first-bar``): the BOS also belongs to bar 1, so the BOS
+                        row sees every token of bar 1 (future ones included) and bar 1's summary sees the BOS.
+                        ``bar_ids`` stay in this project's convention (BOS = 0); the attention module applies the
+                        two differences on top of any backend (``attention/bos_in_first_bar.py``). None = no sample.
     cache:              derived plans (the sparse attention's query blocks), computed once per layout and shared
                         by every layer; never compared or printed. A layout is not mutated after it is built.
     """
 
     bar_ids: torch.Tensor
     num_complete_bars: torch.Tensor
+    bos_in_first_bar: Optional[torch.Tensor] = None
     cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -219,6 +227,21 @@ class BarLayout:
         if new_is_bar_end is not None:
             complete = complete + new_is_bar_end.long()
         return BarLayout(torch.cat([self.bar_ids, new[:, None]], dim=1), complete)
+
+
+def bar_index(dictionary, data: Optional[str] = None) -> int:
+    """Index of ``b-1`` in ``dictionary`` (a fairseq ``Dictionary``); ValueError if museformer-prep did not build it.
+
+    ``data`` (the task's data path, ``DIR[:DIR2...]``) only names the dict.txt in the message.
+    """
+    idx = dictionary.index(BAR_SYMBOL)
+    if idx == dictionary.unk():
+        where = os.path.join(str(data).split(os.pathsep)[0], "dict.txt") if data else "the dictionary"
+        raise ValueError(
+            f"{where} has no {BAR_SYMBOL} token, so it was not built by museformer-prep; "
+            "rebuild the data directory with `museformer-prep all`"
+        )
+    return idx
 
 
 def compute_bar_ids(src_tokens: torch.Tensor, bar_token: int, pad: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -306,11 +329,20 @@ def dense_masks(layout: BarLayout, scheme: BarScheme) -> Tuple[torch.Tensor, tor
     causal = torch.ones(T, T, dtype=torch.bool, device=bar_ids.device).tril()
     own_bar = (k_bar == q_bar_col) & causal & q_bar_col.ne(PAD_BAR)
     reg2reg = k_valid & ((k_bar == 0) | fine_sel | own_bar)
-    reg_mask = torch.cat([reg2sum, reg2reg], dim=2)
 
     # Summary query (slot j, bar j + 1) -> itself and all tokens of its own bar (bidirectional, no prefix).
     sum2sum = torch.eye(S, dtype=torch.bool, device=bar_ids.device).expand(B, S, S)
     sum2reg = (bar_ids[:, None, :] == slot_bar[None, :, None]) & valid_sum[:, :, None]  # (B, S, T)
+    if layout.bos_in_first_bar is not None and T > 0:
+        # The original's training layout (spec §2.6): the BOS is also bar 1's first token, so the BOS row sees all
+        # of bar 1 (future tokens included) and bar 1's summary sees the BOS.
+        flags = layout.bos_in_first_bar
+        reg2reg = reg2reg.clone()
+        reg2reg[:, 0, :] |= flags[:, None] & bar_ids.eq(1)
+        if S > 0:
+            sum2reg = sum2reg.clone()
+            sum2reg[:, 0, 0] |= flags & valid_sum[:, 0]
+    reg_mask = torch.cat([reg2sum, reg2reg], dim=2)
     sum_mask = torch.cat([sum2sum, sum2reg], dim=2)
     return reg_mask, sum_mask
 

@@ -39,10 +39,12 @@ class MuseformerDataset(FairseqDataset):
         beat_lut: ``bar_layout.build_beat_lut`` over ``dictionary.symbols``.
         truncate: keep only the first ``truncate`` source/target positions (None = whole song).
         shuffle: shuffle before sorting by length in ``ordered_indices`` (training).
+        bos_in_first_bar: give the BOS bar id 1 (the original's training / validation layout, spec §2.6; the model
+            then lets the BOS see all of bar 1). Off by default: this project's layout keeps the BOS out of bars.
     """
 
     def __init__(self, dataset, sizes, dictionary, bar_token: int, beat_lut: torch.Tensor,
-                 truncate: Optional[int] = None, shuffle: bool = True, seed: int = 1):
+                 truncate: Optional[int] = None, shuffle: bool = True, seed: int = 1, bos_in_first_bar: bool = False):
         super().__init__()
         if truncate is not None and truncate < 1:
             raise ValueError(f"truncation length must be a positive number of tokens, got {truncate}")
@@ -55,6 +57,7 @@ class MuseformerDataset(FairseqDataset):
         self.truncate = truncate
         self.shuffle = shuffle
         self.seed = seed
+        self.bos_in_first_bar = bos_in_first_bar
         self.epoch = 1
         raw_sizes = np.asarray(sizes, dtype=np.int64)
         # An empty line binarises to a lone </s> (size 1): such a song has nothing to predict, drop it.
@@ -74,6 +77,8 @@ class MuseformerDataset(FairseqDataset):
         cached = self._id_cache.get(index)
         if cached is None:
             bar_ids, _ = compute_bar_ids(source[None], self.bar_token, self.pad)
+            if self.bos_in_first_bar:
+                bar_ids[:, 0] = 1  # the BOS is also bar 1's first token
             beat_ids = compute_beat_ids(source[None], self.beat_lut)
             assert int(bar_ids.max()) < 2**15 and int(beat_ids.max()) < 2**15, "bar/beat id overflows int16"
             cached = torch.cat([bar_ids, beat_ids], dim=0).to(torch.int16)

@@ -23,9 +23,8 @@ from fairseq.models import FairseqDecoder, FairseqLanguageModel, register_model,
 from omegaconf import II
 from torch import nn
 
-from .bar_layout import build_beat_lut, compute_bar_ids, compute_beat_ids
+from .bar_layout import bar_index, build_beat_lut, compute_bar_ids, compute_beat_ids
 from .model import sinusoid
-from .task import bar_index
 
 
 @dataclass

@@ -21,9 +21,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import IMPLS, FineCoarseAttention
-from .bar_layout import SCHEME_PRESETS, BarLayout, BarScheme, build_beat_lut, compute_bar_ids, compute_beat_ids
+from .bar_layout import (SCHEME_PRESETS, BarLayout, BarScheme, bar_index, build_beat_lut, compute_bar_ids,
+                         compute_beat_ids)
 from .incremental import forward_incremental, reorder
-from .task import bar_index
 
 ATTENTION_IMPL_CHOICES = ChoiceEnum(list(IMPLS))
 ATTENTION_SCHEME_CHOICES = ChoiceEnum(sorted(SCHEME_PRESETS))
@@ -176,9 +176,17 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         return bar_ids, compute_beat_ids(src_tokens, self.beat_lut)
 
     def build_layout(self, src_tokens: torch.Tensor, bar_ids: torch.Tensor) -> BarLayout:
-        """BarLayout for a batch: complete bars = ``b-1`` tokens after the prefix (each closes one bar)."""
+        """BarLayout for a batch: complete bars = ``b-1`` tokens after the prefix (each closes one bar).
+
+        A sample whose BOS has bar id 1 (the dataset's ``--bos-in-first-bar``) is laid out as the original's
+        training data path did (``attention/bos_in_first_bar.py``); the layout keeps bar id 0 for its BOS."""
+        bos_in_first_bar = bar_ids[:, 0].eq(1) if bar_ids.size(1) else bar_ids.new_zeros(0, dtype=torch.bool)
+        if bos_in_first_bar.any():
+            bar_ids = torch.cat([bar_ids[:, :1].masked_fill(bos_in_first_bar[:, None], 0), bar_ids[:, 1:]], dim=1)
+        else:
+            bos_in_first_bar = None
         num_complete = (src_tokens.eq(self.bar_token) & bar_ids.gt(0)).sum(dim=1)
-        return BarLayout(bar_ids, num_complete)
+        return BarLayout(bar_ids, num_complete, bos_in_first_bar)
 
     def forward(
         self,
@@ -194,6 +202,8 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         """prev_output_tokens (B, T) = [</s>] + tokens, right-padded with pad.
 
         bar_ids / beat_ids (B, T): from the dataset (training, validation); derived from the tokens when None.
+        A BOS with bar id 1 (``--bos-in-first-bar``) selects the original's training layout for that sample: the
+        BOS is embedded as bar 1 and attends to all of bar 1, and bar 1's summary sees the BOS (spec §2.6).
         incremental_state: fairseq generation with a KV cache (``incremental.py``): ``prev_output_tokens`` holds the
         whole sequence so far and only the columns not seen by an earlier call are run; bar and beat ids of new
         tokens are derived from the tokens (``bar_ids``/``beat_ids`` are ignored).

@@ -26,14 +26,12 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
-from .bar_layout import build_beat_lut
-from .checkpoint_io import MuseformerInputError, install_atomic_checkpoint_copies, install_one_line_errors
+from .atomic_checkpoints import install_atomic_checkpoint_copies
+from .bar_layout import bar_index, build_beat_lut
+from .cli_errors import MuseformerInputError, install_one_line_errors
 from .dataset import MuseformerDataset
 
 logger = logging.getLogger(__name__)
-
-BAR_SYMBOL = "b-1"  # REMIGEN end-of-bar token (spec §1.1); its index is looked up in dict.txt, never hard-coded
-
 
 @dataclass
 class MuseformerLMConfig(FairseqDataclass):
@@ -68,6 +66,12 @@ class MuseformerLMConfig(FairseqDataclass):
             "help": "beat ids: give the time-signature token s-* beat id 0 instead of the tempo token t-* "
             "(for REMIGEN / general-use data, where t-* follows each onset; spec §3)"
         },
+    )
+    bos_in_first_bar: bool = field(
+        default=False,
+        metadata={"help": "reproduces the original's training/validation layout, including its bar-1 leak (the BOS "
+                  "belongs to bar 1 and sees all of bar 1's tokens; spec §2.6); for comparing with published numbers "
+                  "only. Off: the BOS is outside every bar, as in the original's generation path"},
     )
     seed: int = II("common.seed")
     dataset_impl: Optional[ChoiceEnum(get_available_dataset_impl())] = II("dataset.dataset_impl")
@@ -137,6 +141,7 @@ class MuseformerLMTask(FairseqTask):
             truncate=self._truncation(split),
             shuffle=split.startswith("train"),
             seed=self.cfg.seed,
+            bos_in_first_bar=bool(getattr(self.cfg, "bos_in_first_bar", False)),
         )
         logger.info(
             "%s %s: %d songs (%d empty dropped), truncate=%s",
@@ -245,14 +250,3 @@ class MuseformerLMTask(FairseqTask):
     def target_dictionary(self):
         return self.dictionary
 
-
-def bar_index(dictionary: Dictionary, data: Optional[str] = None) -> int:
-    """Index of ``b-1`` in ``dictionary``; ValueError if the dictionary was not built by museformer-prep."""
-    idx = dictionary.index(BAR_SYMBOL)
-    if idx == dictionary.unk():
-        where = os.path.join(utils.split_paths(data)[0], "dict.txt") if data else "the dictionary"
-        raise ValueError(
-            f"{where} has no {BAR_SYMBOL} token, so it was not built by museformer-prep; "
-            "rebuild the data directory with `museformer-prep all`"
-        )
-    return idx

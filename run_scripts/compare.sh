@@ -120,6 +120,6 @@ for var in SIZE MAX_UPDATE SEED LENGTHS PRESETS SE_SAMPLES SE_BARS DEVICE NPROC 
   [[ -n "${!var:-}" ]] && settings+="$var=$(printf '%q' "${!var}") "
 done
 cmd_line="DATA_BIN=$(printf '%q' "$DATA_BIN") ${settings}bash run_scripts/compare.sh $(printf '%q ' "$@")"
-table=(python -m museformer_plugin.compare_table --out "$RESULTS_MD" --command "$cmd_line" "${runs[@]}")
+table=(python -m museformer_tools.compare_table --out "$RESULTS_MD" --command "$cmd_line" "${runs[@]}")
 echo "+ $(printf '%q ' "${table[@]}")"
 PYTHONPATH="$(dirname "$SCRIPT_DIR")${PYTHONPATH:+:$PYTHONPATH}" "${table[@]}"

@@ -30,7 +30,6 @@ use_project_venv
 no_positional "$@"
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(dirname "$SCRIPT_DIR")"
 OUT="${OUT:-demo_out}"
 SUBSET="${SUBSET:-bach}"
 LIMIT="${LIMIT:-150}"
@@ -74,12 +73,8 @@ CHECKPOINT="$OUT/checkpoints/checkpoint_best.pt" DATA_BIN="$OUT/data-bin" OUT_JS
   LENGTHS="$LENGTHS" DEVICE=cpu bash "$SCRIPT_DIR/eval_ppl.sh"
 
 stage "5/6 sample: $NUM_SAMPLES piece(s) of $SAMPLE_BARS bars -> $OUT/samples"
-if [[ -f "$REPO/museformer_plugin/sample.py" ]]; then
-  run museformer-sample "$OUT/checkpoints/checkpoint_best.pt" --data "$OUT/data-bin" --out "$OUT/samples" \
-    --num-samples "$NUM_SAMPLES" --max-bars "$SAMPLE_BARS" --max-tokens "$SAMPLE_MAX_TOKENS" --grammar-mask --seed 1
-else
-  echo "museformer_plugin/sample.py is not there yet: skipping sampling"
-fi
+run museformer-sample "$OUT/checkpoints/checkpoint_best.pt" --data "$OUT/data-bin" --out "$OUT/samples" \
+  --num-samples "$NUM_SAMPLES" --max-bars "$SAMPLE_BARS" --max-tokens "$SAMPLE_MAX_TOKENS" --grammar-mask --seed 1
 
 stage "6/6 analyze: piano rolls, L_t of samples vs the training corpus, SE -> $OUT/analysis; report -> $OUT/report"
 analyze=(python -m museformer_analysis)  # = museformer-analyze

@@ -14,7 +14,7 @@
 #   LENGTHS=1024,5120,10240  truncation lengths in tokens (the paper's Table 1)
 #   OUT_JSON=<checkpoint dir>/ppl_<split>.json   where the JSON goes
 #   DEVICE=auto              cpu | cuda | auto (cuda when torch sees a GPU)
-#   EVAL_PPL=museformer-eval-ppl   the command (falls back to `python -m museformer_plugin.eval_ppl`)
+#   EVAL_PPL=museformer-eval-ppl   the command (falls back to `python -m museformer_tools.eval_ppl`)
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -28,7 +28,7 @@ SPLIT="${SPLIT:-test}"
 LENGTHS="${LENGTHS:-1024,5120,10240}"
 OUT_JSON="${OUT_JSON:-$(dirname "$CHECKPOINT")/ppl_${SPLIT}.json}"
 DEVICE="${DEVICE:-auto}"
-command_or_module EVAL_PPL museformer-eval-ppl museformer_plugin.eval_ppl
+command_or_module EVAL_PPL museformer-eval-ppl museformer_tools.eval_ppl
 
 device_args=()
 [[ "$DEVICE" == "cpu" ]] && device_args=(--cpu)

@@ -26,7 +26,7 @@
 #   SEED=1                   random seed: the same seed gives the same pieces
 #   DEVICE=cpu               cpu | cuda
 #   THREADS=                 torch CPU threads (--threads); empty = all cores
-#   SAMPLE=museformer-sample the command (falls back to `python -m museformer_plugin.sample`)
+#   SAMPLE=museformer-sample the command (falls back to `python -m museformer_tools.sample`)
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -46,7 +46,7 @@ MAX_TOKENS="${MAX_TOKENS:-20480}"
 SEED="${SEED:-1}"
 DEVICE="${DEVICE:-cpu}"
 THREADS="${THREADS:-}"
-command_or_module SAMPLE museformer-sample museformer_plugin.sample
+command_or_module SAMPLE museformer-sample museformer_tools.sample
 
 # shellcheck disable=SC2206  # SAMPLE may be a command with arguments
 cmd=($SAMPLE "$CHECKPOINT" --data "$DATA_BIN" --out "$OUT"

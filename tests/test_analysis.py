@@ -261,7 +261,7 @@ def test_works_without_fairseq_or_torch(tmp_path):
 
 
 def test_compare_table_adds_an_se_column(tmp_path):
-    compare_table = pytest.importorskip("museformer_plugin.compare_table")  # imports fairseq (the plugin)
+    compare_table = pytest.importorskip("museformer_tools.compare_table")  # imports fairseq (the plugin)
     ppl = {"256": {"ppl": 10.0, "songs": 2, "songs_whole": 0, "tokens": 512}}
     for name, se in (("museformer", 0.05), ("full", 0.08), ("linear", None)):
         run = tmp_path / name

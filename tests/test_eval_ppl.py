@@ -13,7 +13,7 @@ from needs import require_fairseq
 
 require_fairseq()
 
-from museformer_plugin import eval_ppl  # noqa: E402
+from museformer_tools import eval_ppl  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 USER_DIR = os.environ.get("USER_DIR", str(REPO / "museformer_plugin"))

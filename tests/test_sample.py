@@ -23,7 +23,7 @@ from data_prep.config import TokenizerConfig  # noqa: E402
 from data_prep.grammar import count_errors  # noqa: E402
 from data_prep.midi_to_tokens import encode_midi  # noqa: E402
 from data_prep.vocab import write_dict  # noqa: E402
-from museformer_plugin.sample import main  # noqa: E402
+from museformer_tools.sample import main  # noqa: E402
 
 TOK_CFG = TokenizerConfig(instruments="lmd6", ignore_ts=True)
 PLUGIN = str(REPO_ROOT / "museformer_plugin")

@@ -19,8 +19,10 @@ from data_prep.constants import TS_TO_ID  # noqa: E402
 from data_prep.grammar import count_errors  # noqa: E402
 from data_prep.midi_to_tokens import encode_midi  # noqa: E402
 from data_prep.vocab import id_to_tempo, tempo_to_id  # noqa: E402
-from museformer_plugin.controls import Controls, family_graph, tokens_to_close  # noqa: E402
-from museformer_plugin.sample import build_parser, load_model, main, piece_generator, sample_batch  # noqa: E402
+from museformer_tools.checkpoint import load_model  # noqa: E402
+from museformer_tools.controls import Controls, family_graph, tokens_to_close  # noqa: E402
+from museformer_tools.sample import build_parser, main  # noqa: E402
+from museformer_tools.sampling import piece_generator, sample_batch  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -218,7 +220,7 @@ def test_finished_pieces_leave_the_batch(setups):
     model, task = load_model(str(ckpt), str(data))
     args = build_parser().parse_args([str(ckpt), "--data", str(data), "--out", "unused", "--max-tokens", "60",
                                       "--max-bars", "2"])
-    from museformer_plugin.grammar_mask import GrammarMask
+    from museformer_tools.grammar_mask import GrammarMask
 
     dec = model.decoder
     rows, orders = [], []
@@ -248,7 +250,7 @@ def test_finished_pieces_leave_the_batch(setups):
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_half_precision_on_cpu(setups, tmp_path, capsys, monkeypatch, dtype):
     """--dtype casts the model (fp16 runs on CPU too) and the pieces are still well-formed."""
-    import museformer_plugin.sample as sample_mod
+    import museformer_tools.sample as sample_mod
 
     seen, original = [], sample_mod.sample_batch
 

@@ -21,7 +21,8 @@ import torch  # noqa: E402
 from lm_data import REPO_ROOT  # noqa: E402
 from data_prep.config import TokenizerConfig  # noqa: E402
 from data_prep.vocab import write_dict  # noqa: E402
-from museformer_plugin.sample import build_parser, filter_logits, half_batch_note, main  # noqa: E402
+from museformer_tools.sample import build_parser, half_batch_note, main  # noqa: E402
+from museformer_tools.sampling import filter_logits  # noqa: E402
 from test_sample import make_checkpoint  # noqa: E402
 
 TOK_CFG = TokenizerConfig(instruments="lmd6", ignore_ts=True)
@@ -223,6 +224,6 @@ def test_each_argument_error_is_one_line(case, valid_inputs, tmp_path, capsys):
 
 def test_argument_error_exit_status_from_the_console_script(valid_inputs, tmp_path):
     data, ckpt = valid_inputs
-    proc = subprocess.run([sys.executable, "-m", "museformer_plugin.sample", str(ckpt), "--data", str(data),
+    proc = subprocess.run([sys.executable, "-m", "museformer_tools.sample", str(ckpt), "--data", str(data),
                            "--out", str(tmp_path / "o"), "--top-p", "2"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == "museformer-sample: error: --top-p must be in (0, 1], got 2.0"

@@ -1,6 +1,6 @@
 """Rules for the test suite itself: every module that needs fairseq says so the same way (tests/needs.py).
 
-A module that imports museformer_plugin (its __init__ imports fairseq), fairseq or lm_data at module level must call
+A module that imports museformer_plugin (its __init__ imports fairseq), museformer_tools, fairseq or lm_data at module level must call
 ``require_fairseq()`` first, so that without fairseq all of them skip with one reason (``pytest -rs`` shows it) or,
 under MUSEFORMER_REQUIRE_FAIRSEQ=1, all fail, instead of some erroring at collection and others skipping.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parent
-NEEDS_FAIRSEQ = ("museformer_plugin", "fairseq", "fairseq_cli", "lm_data")
+NEEDS_FAIRSEQ = ("museformer_plugin", "museformer_tools", "fairseq", "fairseq_cli", "lm_data")
 # Plain-PyTorch parts of the plugin: they import without fairseq (tests/test_no_fairseq.py checks it).
 PLAIN_TORCH = ("museformer_plugin.attention", "museformer_plugin.bar_layout", "museformer_plugin.incremental",
                "museformer_plugin.fairseq_compat")

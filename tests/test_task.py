@@ -17,7 +17,7 @@ from needs import require_fairseq
 require_fairseq()
 
 from lm_data import REPO_ROOT, binarize, make_task, random_song  # noqa: E402
-from museformer_plugin.checkpoint_io import MuseformerInputError  # noqa: E402
+from museformer_plugin.cli_errors import MuseformerInputError  # noqa: E402
 
 MAX_TOKENS = 256
 

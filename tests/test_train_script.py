@@ -243,7 +243,7 @@ def test_kill_during_checkpoint_write(tmp_path, data_bin, reference_run):
     """SIGKILL while the second save copies the new checkpoint onto checkpoint_last.pt (half of it written).
 
     fairseq copies with shutil.copyfile straight onto the destination, which would leave a truncated
-    checkpoint_last.pt; the task makes that copy atomic (checkpoint_io.py), so checkpoint_last.pt is still the
+    checkpoint_last.pt; the task makes that copy atomic (atomic_checkpoints.py), so checkpoint_last.pt is still the
     complete update-2 checkpoint, the update-4 one is intact under its own name, and training resumes from update 2.
     """
     save_dir = tmp_path / "ckpt"

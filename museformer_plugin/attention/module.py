@@ -27,6 +27,7 @@ from torch import nn
 
 from ..bar_layout import BarLayout, BarScheme
 from .backends import IMPLS, get_backend, resolve_impl
+from .bos_in_first_bar import bos_row_over_first_bar, first_summary_with_bos
 
 
 class FineCoarseAttention(nn.Module):
@@ -108,7 +109,8 @@ class FineCoarseAttention(nn.Module):
                 kv_sink: Optional[List] = None):
         """x_reg (B, T, C) and x_sum (B, S, C), already layer-normed; S = layout.num_summary_slots.
 
-        Masks (True = may attend) come from ``layout`` (bar ids (B, T), 0 = BOS, -1 = padding) and ``scheme``.
+        Masks (True = may attend) come from ``layout`` (bar ids (B, T), 0 = BOS, -1 = padding) and ``scheme``;
+        samples flagged in ``layout.bos_in_first_bar`` get the original's training layout (``bos_in_first_bar.py``).
         ``kv_sink``: a list that receives (k_reg, v_reg, k2, v2) of this layer (each (B, H, L, D)): the cached
         decoder's prompt prefill fills its cache from them.
         Returns (out_reg (B, T, C), out_sum (B, S, C)) = (Wo·attn_reg + bo, Wo·Z + bo); no residual, no dropout.
@@ -128,9 +130,11 @@ class FineCoarseAttention(nn.Module):
         kw = dict(dropout_p=self.attention_dropout, training=self.training, block_size=self.block_size)
 
         z = backend.attend_summaries(q_sum, k_sum, v_sum, k_reg, v_reg, layout, **kw)  # (B, H, S, D)
+        z = first_summary_with_bos(z, q_sum, k_sum, v_sum, k_reg, v_reg, layout, kw["dropout_p"], self.training)
         z = z.transpose(1, 2).reshape(B, S, C)  # heads concatenated
         k2, v2 = self.summary_kv(z)  # (B, H, S, D) each
         attn = backend.attend_regular(q_reg, k_reg, v_reg, k2, v2, layout, scheme, **kw)  # (B, H, T, D)
+        attn = bos_row_over_first_bar(attn, q_reg, k_reg, v_reg, layout, kw["dropout_p"], self.training)
         attn = attn.transpose(1, 2).reshape(B, T, C)
         if kv_sink is not None:
             kv_sink.append((k_reg, v_reg, k2, v2))

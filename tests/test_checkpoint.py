@@ -1,8 +1,7 @@
-"""checkpoint_io: atomic checkpoint copies, and the same one-line error from every console script that reads a
-checkpoint (museformer-eval-ppl, museformer-sample) for a truncated, empty or foreign file."""
+"""museformer_tools.checkpoint: the same one-line error from every console script that reads a checkpoint
+(museformer-eval-ppl, museformer-sample) for a truncated, empty or foreign file."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,13 +14,12 @@ require_fairseq()
 
 from data_prep.config import TokenizerConfig  # noqa: E402
 from lm_data import make_data_bin  # noqa: E402
-from museformer_plugin import checkpoint_io  # noqa: E402
-from museformer_plugin.checkpoint_io import CheckpointError, make_atomic_path_manager, read_checkpoint  # noqa: E402
+from museformer_tools.checkpoint import TRUNCATED_HINT, CheckpointError, read_checkpoint  # noqa: E402
 
 # The console scripts that read a checkpoint, with the arguments that get them as far as reading it.
 CONSOLE_SCRIPTS = {
-    "museformer-eval-ppl": ("museformer_plugin.eval_ppl", lambda ckpt, data, out: [ckpt, "--data", data, "--cpu"]),
-    "museformer-sample": ("museformer_plugin.sample", lambda ckpt, data, out: [ckpt, "--data", data, "--out", out]),
+    "museformer-eval-ppl": ("museformer_tools.eval_ppl", lambda ckpt, data, out: [ckpt, "--data", data, "--cpu"]),
+    "museformer-sample": ("museformer_tools.sample", lambda ckpt, data, out: [ckpt, "--data", data, "--out", out]),
 }
 
 
@@ -67,7 +65,7 @@ def test_every_console_script_gives_the_same_one_line_error(bad_checkpoints, tmp
         messages[name] = lines[0][len(prefix):]
     assert len(set(messages.values())) == 1, messages
     message = messages["museformer-sample"]
-    assert f"cannot read checkpoint {paths[kind]}" in message and checkpoint_io.TRUNCATED_HINT in message
+    assert f"cannot read checkpoint {paths[kind]}" in message and TRUNCATED_HINT in message
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
@@ -78,46 +76,4 @@ def test_read_checkpoint_errors(tmp_path, bad_checkpoints):
     for path in paths.values():
         with pytest.raises(CheckpointError, match="cannot read checkpoint") as err:
             read_checkpoint(str(path))
-        assert "\n" not in str(err.value) and str(err.value).endswith(checkpoint_io.TRUNCATED_HINT)
-
-
-class PlainPathManager:
-    """Stands for fairseq's PathManager: a non-atomic copy straight onto the destination."""
-
-    @staticmethod
-    def copy(src_path, dst_path, overwrite=False):
-        return shutil.copyfile(src_path, dst_path)
-
-
-def test_atomic_copy_keeps_the_old_file_when_the_copy_dies(tmp_path, monkeypatch):
-    manager = make_atomic_path_manager(PlainPathManager)
-    src, dst = tmp_path / "new.pt", tmp_path / "checkpoint_last.pt"
-    src.write_bytes(b"new" * 1000)
-    dst.write_bytes(b"old complete checkpoint")
-    assert manager.copy(str(src), str(dst), overwrite=False) is False  # fairseq's overwrite semantics
-    assert dst.read_bytes() == b"old complete checkpoint"
-
-    def dies_half_way(a, b, *args, **kwargs):
-        Path(b).write_bytes(Path(a).read_bytes()[:100])
-        raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of the copy
-
-    monkeypatch.setattr(shutil, "copyfile", dies_half_way)
-    with pytest.raises(KeyboardInterrupt):
-        manager.copy(str(src), str(dst), overwrite=True)
-    assert dst.read_bytes() == b"old complete checkpoint"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_last.pt", "new.pt"], "temporary file left"
-    monkeypatch.undo()
-    assert manager.copy(str(src), str(dst), overwrite=True) is True
-    assert dst.read_bytes() == src.read_bytes()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_last.pt", "new.pt"]
-
-
-def test_installed_only_in_checkpoint_utils():
-    """The task installs the atomic copy into fairseq.checkpoint_utils (idempotently), nowhere else."""
-    from fairseq import checkpoint_utils, file_io
-
-    checkpoint_io.install_atomic_checkpoint_copies()
-    checkpoint_io.install_atomic_checkpoint_copies()
-    assert checkpoint_utils.PathManager.__name__ == "AtomicCopyPathManager"
-    assert checkpoint_utils.PathManager.__mro__[1] is file_io.PathManager  # wrapped once, not twice
-    assert file_io.PathManager.copy is not checkpoint_utils.PathManager.copy
+        assert "\n" not in str(err.value) and str(err.value).endswith(TRUNCATED_HINT)

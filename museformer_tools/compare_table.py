@@ -4,7 +4,7 @@ Reads one ``museformer-eval-ppl`` JSON per model and writes a markdown page with
 every length, the number of parameters, the command that produced it and the machine it ran on; and, where a run
 folder has ``se.json`` (``museformer-analyze se``), the similarity error of that model's samples.
 
-    python -m museformer_plugin.compare_table --out docs/results.md --command "bash run_scripts/compare.sh ..." \\
+    python -m museformer_tools.compare_table --out docs/results.md --command "bash run_scripts/compare.sh ..." \\
         museformer=runs/compare/museformer full=runs/compare/full linear=runs/compare/linear
 """
 import argparse
@@ -146,9 +146,9 @@ def render(runs: Sequence[Tuple[str, Dict[int, dict], Optional[int], Optional[in
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m museformer_plugin.compare_table",
+        prog="python -m museformer_tools.compare_table",
         description="Markdown table of perplexities from compare.sh run folders (each with ppl.json).",
-        epilog="example: python -m museformer_plugin.compare_table --out docs/results.md "
+        epilog="example: python -m museformer_tools.compare_table --out docs/results.md "
                "museformer=runs/compare/museformer linear=runs/compare/linear",
     )
     parser.add_argument("runs", nargs="+", help="NAME=RUN_DIR pairs, in table order")
