@@ -102,6 +102,11 @@ def write_report(
         find_soundfont(soundfont)  # a SoundFont the user named must exist: AudioToolMissing, before any work
     perplexity = load_ppl_json(ppl_json) if ppl_json is not None else None
     out = Path(out_dir)
+    for folder in (Path(p) for p in inputs if Path(p).is_dir()):
+        if out.resolve() == folder.resolve() or folder.resolve() in out.resolve().parents:
+            raise ValueError(f"--out {out_dir} is inside the input folder {folder}, so the report's copies of the "
+                             "pieces would be read as pieces by the next report; write it elsewhere "
+                             f"(e.g. {folder.resolve().name}_report beside it).")
     (out / PIECES_DIR).mkdir(parents=True, exist_ok=True)
     settings = {"max_distance": max_distance, "per_instrument": False, "positions_per_beat": positions_per_beat,
                 "remove_empty_bars": remove_empty_bars}

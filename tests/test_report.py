@@ -192,11 +192,14 @@ def test_without_fluidsynth_the_page_says_what_to_install(run, tmp_path, monkeyp
     (["--ppl", "bad.json"], "not written by `museformer-eval-ppl --json`"),
     (["--soundfont", "none.sf2"], "SoundFont none.sf2 not found"),
     (["--reference", "nowhere"], "nowhere: no such file or folder"),
-], ids=["ppl-missing", "ppl-foreign", "soundfont-missing", "reference-missing"])
+    (["--out", "songs/report"], "--out songs/report is inside the input folder songs"),
+], ids=["ppl-missing", "ppl-foreign", "soundfont-missing", "reference-missing", "out-inside-input"])
 def test_bad_input_exits_2_with_one_line(run, tmp_path, monkeypatch, capsys, extra, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.json").write_text(json.dumps({"format": "museformer-analyze stats v1"}))
-    assert main(["report", str(run / "samples" / "meter.mid"), "--out", "out", *extra]) == 2
+    (tmp_path / "songs").mkdir()
+    write_meter_piece(tmp_path / "songs" / "meter.mid")
+    assert main(["report", "songs", "--out", "out", *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("museformer-analyze report: error: ") and message in err[0], err
 
