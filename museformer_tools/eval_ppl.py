@@ -81,18 +81,15 @@ def evaluate(checkpoint: str, data: str, split: str = "test", lengths: Sequence[
         raise ValueError(f"--split must be one of {', '.join(SPLITS)} (the task's --truncate-* flags); got {split!r}")
     check_inputs(checkpoint, data, split)
     import torch
-    from fairseq import checkpoint_utils, utils
+    from fairseq import utils
 
-    import museformer_plugin  # noqa: F401  (registers the task and the models before the checkpoint is read)
-
-    from .checkpoint import read_checkpoint
+    from .checkpoint import load_model, read_checkpoint
 
     use_cuda = torch.cuda.is_available() and not cpu
-    overrides = {"data": data, **(model_overrides or {})}
     state = read_checkpoint(checkpoint)  # CheckpointError (one line) for a truncated or foreign file
-    models, saved_cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides,
-                                                                            state=state)
-    model = models[0].eval()
+    # the data dir's dictionary must be the one the checkpoint was trained with (CheckpointError otherwise)
+    model, task = load_model(checkpoint, data, state=state, model_overrides=model_overrides)
+    saved_cfg = state["cfg"]
     if fp16 and bf16:
         raise ValueError("--fp16 and --bf16 exclude each other; pass one")
     if fp16:

@@ -28,7 +28,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from .checkpoint import CheckpointError, load_model
+from .checkpoint import CheckpointError, load_model, read_checkpoint, tokenizer_config_from_checkpoint
 from .controls import add_arguments as add_control_arguments
 from .sampling import build_token_mask, piece_generator, sample_batch
 
@@ -56,8 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", help="fairseq checkpoint of a museformer_lm model (e.g. checkpoint_best.pt)")
-    p.add_argument("--data", required=True,
-                   help="data directory with the training dict.txt (and tokenizer.json) from museformer-prep")
+    p.add_argument("--data", default=None,
+                   help="data directory with the training dict.txt (and tokenizer.json) from museformer-prep "
+                   "(default: the dictionary and tokenizer config saved in the checkpoint; needed only for "
+                   "checkpoints written before checkpoints kept them)")
     p.add_argument("--out", required=True, help="output folder for sample_NNN.mid / sample_NNN.txt")
     p.add_argument("--num-samples", type=int, default=1, help="number of pieces to generate (default 1)")
     p.add_argument("--prompt-midi", help="continue this MIDI file (encoded with the data dir's tokenizer.json)")
@@ -131,8 +133,7 @@ def check_args(args) -> None:
                           "part of it); drop --no-grammar-mask")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SampleError("--device cuda was given but torch sees no CUDA device; use --device cpu")
-    dict_path = Path(args.data) / "dict.txt"
-    if not dict_path.is_file():
+    if args.data is not None and not (Path(args.data) / "dict.txt").is_file():
         raise SampleError(f"no dict.txt in --data {args.data}; pass the data directory the model was trained on "
                           "(built by `museformer-prep all`)")
     if not Path(args.checkpoint).is_file():
@@ -141,22 +142,30 @@ def check_args(args) -> None:
         raise SampleError(f"--prompt-midi {args.prompt_midi} does not exist")
 
 
-def load_tokenizer_config(data_dir: str):
-    """The data dir's tokenizer.json (written by museformer-prep binarize); the defaults when it is absent."""
+def load_tokenizer_config(data_dir: Optional[str], state: dict, checkpoint: str):
+    """The tokenizer config of the data: --data's tokenizer.json (written by museformer-prep binarize), else the one
+    the checkpoint carries, else the defaults (with a note)."""
     from data_prep.config import TokenizerConfig
 
-    path = Path(data_dir) / "tokenizer.json"
-    if not path.is_file():
-        print(f"note: {path} not found; decoding and prompt encoding use the default tokenizer config",
-              file=sys.stderr)
+    path = Path(data_dir) / "tokenizer.json" if data_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            config, source = json.loads(path.read_text(encoding="utf-8")), str(path)
+        except ValueError as err:
+            raise SampleError(f"{path} is not valid JSON: {err}") from None
+    else:
+        config, source = tokenizer_config_from_checkpoint(state), f"the tokenizer config saved in {checkpoint}"
+    if config is None:
+        where = f"{path} not found and {checkpoint} carries none" if path else f"{checkpoint} carries no tokenizer config"
+        print(f"note: {where}; decoding and prompt encoding use the default tokenizer config", file=sys.stderr)
         return TokenizerConfig()
     try:
-        return TokenizerConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        return TokenizerConfig.from_dict(config)
     except (ValueError, TypeError) as err:
-        raise SampleError(f"{path} is not a valid tokenizer config: {err}") from None
+        raise SampleError(f"{source} is not a valid tokenizer config: {err}") from None
 
 
-def prompt_ids(task, midi_path: str, bars: int, tok_cfg) -> List[int]:
+def prompt_ids(task, midi_path: str, bars: int, tok_cfg, vocab_source: str) -> List[int]:
     """Dictionary ids of the first ``bars`` bars of ``midi_path`` (tokens up to its bars-th ``b-1``)."""
     from data_prep.errors import MidiEncodeError
     from data_prep.midi_to_tokens import encode_midi
@@ -171,19 +180,17 @@ def prompt_ids(task, midi_path: str, bars: int, tok_cfg) -> List[int]:
     d = task.dictionary
     unknown = sorted({t for t in tokens if d.index(t) == d.unk()})
     if unknown:
-        raise SampleError(f"--prompt-midi {midi_path} encodes to tokens missing from {task.cfg.data}/dict.txt "
+        raise SampleError(f"--prompt-midi {midi_path} encodes to tokens missing from {vocab_source} "
                           f"({', '.join(unknown[:5])}): the data dir was built with another tokenizer config")
     return [d.index(t) for t in tokens]
 
 
-def parse_controls(args, tok_cfg):
-    """The control flags as a ``Controls``, checked against --data's dict.txt and tokenizer config."""
-    from data_prep.vocab import read_dict
-
+def parse_controls(args, symbols, tok_cfg, vocab_source: str):
+    """The control flags as a ``Controls``, checked against the dictionary ``symbols`` and the tokenizer config."""
     from .controls import ControlError, controls_from_args
 
     try:
-        return controls_from_args(args, read_dict(Path(args.data) / "dict.txt"), tok_cfg, args.data)
+        return controls_from_args(args, symbols, tok_cfg, vocab_source)
     except ControlError as err:
         raise SampleError(str(err)) from None
 
@@ -211,12 +218,12 @@ def check_prompt(args, task, prompt: List[int], token_mask) -> None:
 
 def run(args) -> int:
     check_args(args)
-    tok_cfg = load_tokenizer_config(args.data)
-    controls = parse_controls(args, tok_cfg)
+    state = read_checkpoint(args.checkpoint)
+    tok_cfg = load_tokenizer_config(args.data, state, args.checkpoint)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(args.threads or default_threads())
     try:
-        return _run(args, tok_cfg, controls)
+        return _run(args, state, tok_cfg)
     finally:
         torch.set_num_threads(threads_before)  # programmatic callers (tests) get their setting back
 
@@ -233,14 +240,16 @@ def half_batch_note(args, cpu_capability: Optional[str] = None) -> Optional[str]
             "batched products are emulated here and usually slower than fp32; try --dtype fp32 for batches")
 
 
-def _run(args, tok_cfg, controls) -> int:
-    model, task = load_model(args.checkpoint, args.data, args.device)
+def _run(args, state: dict, tok_cfg) -> int:
+    model, task = load_model(args.checkpoint, args.data, args.device, state=state)
     model = model.to(DTYPES[args.dtype])
+    vocab_source = f"{args.data}/dict.txt" if args.data else f"the dictionary saved in {args.checkpoint}"
+    controls = parse_controls(args, task.dictionary.symbols, tok_cfg, vocab_source)
     note = half_batch_note(args)
     if note:
         print(note)
     d = task.dictionary
-    prompt = prompt_ids(task, args.prompt_midi, args.prompt_bars, tok_cfg) if args.prompt_midi else []
+    prompt = prompt_ids(task, args.prompt_midi, args.prompt_bars, tok_cfg, vocab_source) if args.prompt_midi else []
     token_mask = build_token_mask(args, task, tok_cfg, controls)
     check_prompt(args, task, prompt, token_mask)
 
@@ -301,9 +310,11 @@ def write_pianoroll(midi_path: str, positions_per_beat: int) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from museformer_plugin.cli_errors import MuseformerInputError  # after parsing: --help needs no fairseq
+
     try:
         return run(args)
-    except (SampleError, CheckpointError) as err:
+    except (SampleError, CheckpointError, MuseformerInputError) as err:
         print(f"museformer-sample: error: {err}", file=sys.stderr)
         return 2
 
