@@ -11,7 +11,7 @@
 * ``--tempo``: every ``t-`` token has this value, placed where the encoder puts it: REMIGEN2 once at the start of
   every bar (after its ``s-``), REMIGEN right after every onset ``o-``;
 * ``--bars N``: ``</s>`` is forbidden before the N-th ``b-1`` (prompt included) and the piece ends right after it.
-  Near ``--max-tokens`` only tokens after which N bars can still be closed in the tokens left are allowed (the
+  Near ``--max-length`` only tokens after which N bars can still be closed in the tokens left are allowed (the
   shortest completion is computed on the family graph below), so every piece has exactly N bars.
 
 The controls apply to the sampled tokens; a prompt is kept as it is.
@@ -155,7 +155,7 @@ def add_arguments(group) -> None:
                        "REMIGEN: one after every onset); written as the nearest t- value")
     group.add_argument("--bars", type=int, metavar="N",
                        help="exactly N bars per piece, prompt included, then end of song (</s>); tokens are chosen so "
-                       "that N bars fit in --max-tokens")
+                       "that N bars fit in --max-length")
 
 
 def controls_from_args(args, symbols: Sequence[str], cfg: TokenizerConfig, vocab_source: str) -> Controls:
@@ -205,8 +205,8 @@ class ControlMask:
     """``GrammarMask`` with the controls on top; same interface (``reset``, ``update``, ``select``, ``mask``)."""
 
     def __init__(self, grammar: GrammarMask, controls: Controls, cfg: TokenizerConfig, bar_id: int,
-                 max_tokens: int):
-        self.grammar, self.controls, self.bar_id, self.max_tokens = grammar, controls, bar_id, max_tokens
+                 max_length: int):
+        self.grammar, self.controls, self.bar_id, self.max_length = grammar, controls, bar_id, max_length
         fam, val, eos = grammar.fam, grammar.val, grammar.eos
         V = fam.numel()
         code_of = {code: f for f, code in FAMILY_CODES.items()}
@@ -271,7 +271,7 @@ class ControlMask:
         if self.controls.bars is not None:
             bars_left = self.controls.bars - torch.tensor(self.bars)[:, None]  # (B, 1)
             assert bool(bars_left.ge(1).all()), "a piece with all its bars must have left the batch"
-            tokens_left = self.max_tokens - torch.tensor(self.length)[:, None]  # (B, 1) tokens still allowed
+            tokens_left = self.max_length - torch.tensor(self.length)[:, None]  # (B, 1) tokens still allowed
             # tokens needed after each candidate: a b-1 leaves bars_left - 1 empty bars, any other id first closes
             # the current bar
             need = torch.where(self._is_bar, (bars_left - 1) * self.bar_cost,
