@@ -97,6 +97,17 @@ def test_render_with_a_missing_soundfont_exits_2_with_the_message(songs, tmp_pat
     assert not (tmp_path / "x.wav").exists()
 
 
+def test_render_takes_out_like_the_other_pictures(songs, tmp_path, capsys):
+    """One output form: --out (as pianoroll / heatmap / plot); the old second positional still parses for a release,
+    and two different outputs are refused."""
+    code = main(["render", str(songs / "song0.mid"), "--out", str(tmp_path / "x.wav"), "--soundfont",
+                 str(tmp_path / "no.sf2")])
+    assert code == 2 and "no.sf2 not found" in capsys.readouterr().err  # --out accepted; fails on the soundfont
+    with pytest.raises(SystemExit) as exit_info:
+        main(["render", str(songs / "song0.mid"), str(tmp_path / "a.wav"), "--out", str(tmp_path / "b.wav")])
+    assert exit_info.value.code == 2 and "pass --out only" in capsys.readouterr().err
+
+
 def test_render_without_any_soundfont_or_fluidsynth_says_what_to_install(songs, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(audio, "SOUNDFONT_CANDIDATES", (str(tmp_path / "none.sf2"),))
     assert main(["render", str(songs / "song0.mid"), str(tmp_path / "x.wav")]) == 2
