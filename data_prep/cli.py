@@ -62,7 +62,8 @@ def add_tokenizer_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--pitch-weighting", choices=("count", "duration_velocity"), default=None,
                    help="key-detection histogram for --normalize-pitch (default: count, as the original)")
     g.add_argument("--remove-empty-bars", action=argparse.BooleanOptionalAction, default=None,
-                   help="drop leading and trailing empty bars (default: off)")
+                   help="drop leading and trailing empty bars (default: off, as the original's data; "
+                   "museformer-analyze drops them by default because it measures distances between bars of music)")
     g.add_argument("--ignore-ts", action=argparse.BooleanOptionalAction, default=None,
                    help="write no time-signature tokens; decoding assumes 4/4 (default: off)")
 
@@ -351,8 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     def split_opts(p):
         p.add_argument("--lists", metavar="DIR", help="folder with train.txt, valid.txt, test.txt: one MIDI path per "
                        "line, relative to the MIDI folder (as the original's data/meta/*.txt)")
-        p.add_argument("--ratios", default="8,1,1", help="train,valid,test weights of the random split (default 8,1,1)")
-        p.add_argument("--seed", type=int, default=1, help="seed of the random split (default 1)")
+        p.add_argument("--ratios", default="8,1,1", help="train,valid,test weights of the random split (default: 8,1,1)")
+        p.add_argument("--seed", type=int, default=1, help="seed of the random split (default: 1)")
 
     def binarize_opts(p):
         p.add_argument("--dict", metavar="PATH", help="use this dict.txt instead of the tokenizer config's vocabulary")

@@ -24,7 +24,7 @@ examples:
   museformer-analyze plot demo_out/midi demo_out/samples --label chorales --label samples --out lt.png
   museformer-analyze heatmap song.mid --out song_heatmap.png
   museformer-analyze pianoroll demo_out/samples/sample_000.mid
-  museformer-analyze render demo_out/samples/sample_000.mid sample_000.ogg
+  museformer-analyze render demo_out/samples/sample_000.mid --out sample_000.ogg
   museformer-analyze report demo_out/samples --reference demo_out/analysis/train_stats.json \
       --ppl demo_out/ppl.json --out demo_out/report
 
@@ -37,7 +37,8 @@ def _piece_options(p: argparse.ArgumentParser) -> None:
                         "were written")
     p.add_argument("--remove-empty-bars", action=argparse.BooleanOptionalAction, default=True,
                    help="drop the empty bars before a piece's first note, as `museformer-prep --remove-empty-bars` "
-                        "(default: on)")
+                        "(default: on, so that bar distances count from the music, not from silent lead-in bars; "
+                        "museformer-prep keeps them by default because the original's data does)")
 
 
 def _similarity_options(p: argparse.ArgumentParser) -> None:
@@ -165,10 +166,11 @@ def cmd_render(args) -> int:
     from .audio import render_midi, render_tokens
     from .piece import is_token_file
 
+    out_audio = args.out or args.out_wav or _out_for(args.file, ".wav")
     if is_token_file(args.file):
-        out = render_tokens(args.file, args.out_audio, args.soundfont, args.positions_per_beat)
+        out = render_tokens(args.file, out_audio, args.soundfont, args.positions_per_beat)
     else:
-        out = render_midi(args.file, args.out_audio, args.soundfont)
+        out = render_midi(args.file, out_audio, args.soundfont)
     print(f"wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB)")
     return 0
 
@@ -254,9 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Needs the fluidsynth program and a GM SoundFont (Debian/Ubuntu: apt-get install "
                                    "fluidsynth fluid-soundfont-gm). A token file is decoded to MIDI first. The "
                                    "output's suffix picks the format: .wav, .flac (lossless) or .ogg (Vorbis).",
-                       epilog="example:\n  museformer-analyze render samples/sample_000.mid sample_000.wav")
+                       epilog="example:\n  museformer-analyze render samples/sample_000.mid --out sample_000.ogg")
     p.add_argument("file", metavar="FILE.mid", help="a MIDI file or a token file (*.mid.txt)")
-    p.add_argument("out_audio", metavar="OUT.wav|OUT.flac|OUT.ogg")
+    p.add_argument("out_wav", metavar="OUT.wav", nargs="?", default=None,
+                   help="old form of --out (a second positional), kept for one release")
+    p.add_argument("--out", metavar="OUT.wav|OUT.flac|OUT.ogg",
+                   help="the audio file; its suffix picks the format (default: FILE's name with .wav, beside it)")
     p.add_argument("--soundfont", metavar="FILE.sf2", help="SoundFont to play with (default: the installed GM one)")
     p.add_argument("--positions-per-beat", type=int, default=DEFAULT_POSITIONS_PER_BEAT, metavar="P",
                    help="grid of a token file (default: 12)")
@@ -298,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "max_distance", 1) < 1:
         parser.error(f"--max-distance must be at least 1 bar; got {args.max_distance}")
+    if getattr(args, "out_wav", None) and args.out and args.out_wav != args.out:
+        parser.error(f"render: two outputs given ({args.out_wav} and --out {args.out}); pass --out only")
     if not 1 <= getattr(args, "positions_per_beat", 1) <= 480:
         parser.error(f"--positions-per-beat must be in 1..480 (the tokenizer's range); got {args.positions_per_beat}")
     try:

@@ -20,6 +20,8 @@ if _have_fairseq():
     from . import task  # noqa: F401  (registers the museformer_lm task)
     from . import model  # noqa: F401  (registers the museformer_lm model and its archs)
     from . import linear_lm  # noqa: F401  (registers the museformer_linear_lm baseline and its archs)
-    from . import fairseq_compat
+    from . import cli_errors, fairseq_compat
 
+    # Both change only the fairseq CLI module this process runs (nothing when the plugin is imported elsewhere).
     fairseq_compat.install()  # --bf16 / half precision on CPU in fairseq-train (see fairseq_compat.py)
+    cli_errors.install()  # our input errors as one line in fairseq-train / -validate / -eval-lm

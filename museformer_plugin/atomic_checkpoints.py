@@ -4,10 +4,11 @@ fairseq-fixed 0.12.3.1 writes a checkpoint once, atomically (``torch_persistent_
 ``NAME.tmp`` and renames it), and then *copies* it to the other names with ``PathManager.copy``, a plain
 ``shutil.copyfile`` onto the destination: ``checkpoint_1_4000.pt`` → ``checkpoint_best.pt`` → ``checkpoint_last.pt``
 (``checkpoint_utils.save_checkpoint``). A process killed during that copy (a cluster's time limit, an OOM kill,
-Ctrl-C twice) leaves a truncated ``checkpoint_last.pt``, and the next run, which restarts from it, dies. The task
-replaces the ``PathManager`` that ``fairseq.checkpoint_utils`` uses with one whose ``copy`` of a local file writes
-``DST.tmp-PID`` beside the destination and renames it over ``DST``, so a reader only ever sees the old or the new
-complete file (``install_atomic_checkpoint_copies``, called from ``MuseformerLMTask.setup_task``). A kill still
+Ctrl-C twice) leaves a truncated ``checkpoint_last.pt``, and the next run, which restarts from it, dies. When
+training starts, the task replaces the ``PathManager`` that ``fairseq.checkpoint_utils`` uses with one whose ``copy``
+of a local file writes ``DST.tmp-PID`` beside the destination and renames it over ``DST``, so a reader only ever sees
+the old or the new complete file (``install_atomic_checkpoint_copies``, called from ``MuseformerLMTask.begin_epoch``,
+which only fairseq's Trainer calls: evaluating or sampling a checkpoint changes nothing). A kill still
 leaves the ``.tmp-PID`` file behind; it is never read. The copy is not fsync'ed: this protects against a killed
 process, not a power cut (as fairseq's own rename).
 """

@@ -17,6 +17,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import sys
+from types import ModuleType
+from typing import List, Sequence
 
 import torch
 
@@ -40,12 +42,20 @@ def fix_half_precision_args(args) -> None:
         logger.info("half precision on CPU: fp32 master weights kept per parameter (--fp16-no-flatten-grads)")
 
 
-def install() -> None:
-    """Wrap ``convert_namespace_to_omegaconf`` of a running fairseq-train (``fairseq_cli.train`` or ``-m``)."""
+def running_cli_modules(names: Sequence[str]) -> List[ModuleType]:
+    """The fairseq CLI modules among ``names`` that this process runs or has imported (``fairseq-train`` imports
+    ``fairseq_cli.train``; ``python -m fairseq_cli.train`` runs it as ``__main__``, found by its spec name)."""
+    found = []
     for mod in list(sys.modules.values()):
         spec = getattr(mod, "__spec__", None)
-        if spec is None or spec.name not in _CLI_MODULES:
-            continue
+        if spec is not None and spec.name in names and mod not in found:
+            found.append(mod)
+    return found
+
+
+def install() -> None:
+    """Wrap ``convert_namespace_to_omegaconf`` of a running fairseq-train (``fairseq_cli.train`` or ``-m``)."""
+    for mod in running_cli_modules(_CLI_MODULES):
         convert = getattr(mod, "convert_namespace_to_omegaconf", None)
         if convert is None or getattr(convert, "_museformer_wrapped", False):
             continue

@@ -11,6 +11,8 @@ Dataset chain (spec §5 step 4): indexed dataset (``tokens + [</s>]`` per line) 
 songs, BOS-shifted source / target, truncation, cached bar and beat ids, padded collate).
 """
 
+import io
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ from omegaconf import II
 
 from .atomic_checkpoints import install_atomic_checkpoint_copies
 from .bar_layout import bar_index, build_beat_lut
-from .cli_errors import MuseformerInputError, install_one_line_errors
+from .cli_errors import MuseformerInputError
 from .dataset import MuseformerDataset
 
 logger = logging.getLogger(__name__)
@@ -81,9 +83,12 @@ class MuseformerLMConfig(FairseqDataclass):
 class MuseformerLMTask(FairseqTask):
     """Language modelling of whole songs (one per sample) with Museformer's bar layout."""
 
-    def __init__(self, cfg: MuseformerLMConfig, dictionary: Dictionary):
+    def __init__(self, cfg: MuseformerLMConfig, dictionary: Dictionary, tokenizer_config: Optional[dict] = None):
         super().__init__(cfg)
         self.dictionary = dictionary
+        # the data dir's tokenizer.json (None when it has none): saved in every checkpoint with the dictionary, so
+        # the tools can decode a checkpoint's samples without the data directory (see state_dict)
+        self.tokenizer_config = tokenizer_config
         self.bar_token = bar_index(dictionary, cfg.data)
         self.beat_lut = build_beat_lut(dictionary.symbols, dictionary.nspecial, cfg.beat_mask_ts)
 
@@ -97,11 +102,34 @@ class MuseformerLMTask(FairseqTask):
             raise FileNotFoundError(f"no dict.txt in data directory {data_path!r}; build it with `museformer-prep all`")
         dictionary = Dictionary.load(dict_path)
         logger.info("dictionary: %d types", len(dictionary))
-        # Every fairseq CLI sets the task up before it saves or fails: checkpoint copies become atomic (a kill
-        # during a save cannot truncate checkpoint_last.pt) and our input errors print as one line.
+        return cls(cfg, dictionary, read_tokenizer_json(data_path))
+
+    def begin_epoch(self, epoch, model):
+        """Training only (fairseq's Trainer calls it before an epoch's first update, so before any save): make
+        fairseq's checkpoint copies atomic, so a kill during a save cannot truncate checkpoint_last.pt. Setting the
+        task up for evaluation or sampling changes nothing global."""
         install_atomic_checkpoint_copies()
-        install_one_line_errors()
-        return cls(cfg, dictionary)
+
+    def state_dict(self):
+        """What fairseq saves as ``task_state`` in every checkpoint: the dictionary and the tokenizer settings.
+
+        ``{"dictionary": dict.txt's text as ``Dictionary.save`` writes it (specials excluded), "tokenizer": the data
+        dir's tokenizer.json contents or None}``, plus what fairseq's base class keeps (nothing for this task). The
+        tools rebuild both from a checkpoint alone (museformer_tools.checkpoint), so sampling needs no data dir.
+        """
+        text = io.StringIO()
+        self.dictionary.save(text)
+        return {**super().state_dict(), "dictionary": text.getvalue(), "tokenizer": self.tokenizer_config}
+
+    def load_state_dict(self, state_dict):
+        """Accepts ``state_dict()``'s form and older checkpoints without it. The dictionary in use stays the one
+        the task was built with; a tokenizer config the data dir lacks is taken from the checkpoint."""
+        state_dict = dict(state_dict or {})
+        state_dict.pop("dictionary", None)
+        tokenizer = state_dict.pop("tokenizer", None)
+        if self.tokenizer_config is None and isinstance(tokenizer, dict):
+            self.tokenizer_config = tokenizer
+        super().load_state_dict(state_dict)
 
     def _truncation(self, split: str) -> Optional[int]:
         """--truncate-{train,valid,test} by split name prefix (valid1, test_long, ... included).
@@ -250,3 +278,17 @@ class MuseformerLMTask(FairseqTask):
     def target_dictionary(self):
         return self.dictionary
 
+
+def read_tokenizer_json(data_path: str) -> Optional[dict]:
+    """The contents of ``data_path``/tokenizer.json (written by museformer-prep binarize), or None without one."""
+    path = os.path.join(data_path, "tokenizer.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError) as err:
+        raise MuseformerInputError(f"{path} is not valid JSON ({err}); rebuild it with `museformer-prep binarize`")
+    if not isinstance(config, dict):
+        raise MuseformerInputError(f"{path} holds no JSON object; rebuild it with `museformer-prep binarize`")
+    return config

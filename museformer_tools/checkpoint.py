@@ -2,11 +2,15 @@
 
 ``read_checkpoint`` is what every tool (museformer-eval-ppl, museformer-sample, compare_table) uses to read a
 checkpoint: a missing, truncated or foreign file is a ``CheckpointError`` with one line saying which file, why, and
-what to do. ``load_model`` rebuilds the model and its task from a ``museformer_lm`` checkpoint.
+what to do. ``load_model`` rebuilds the model and its task from a ``museformer_lm`` checkpoint. Every checkpoint the
+task writes carries its dictionary and tokenizer settings (``MuseformerLMTask.state_dict``), so a model loads
+without its data directory (``dictionary_from_checkpoint``, ``tokenizer_config_from_checkpoint``).
 """
 from __future__ import annotations
 
+import io
 import os
+from typing import Optional
 
 TRUNCATED_HINT = ("it is truncated or not a fairseq checkpoint; use a complete one (checkpoint_last.pt or "
                   "checkpoint_best.pt of the same run, or retrain)")
@@ -33,38 +37,81 @@ def read_checkpoint(path: str) -> dict:
     return state
 
 
-def load_model(checkpoint: str, data_dir: str, device: str = "cpu"):
-    """(model in eval mode, task) from a fairseq ``museformer_lm`` checkpoint, with the dictionary of ``data_dir``.
+def _task_state(state: dict) -> dict:
+    task_state = state.get("task_state")
+    return task_state if isinstance(task_state, dict) else {}
 
-    ``CheckpointError`` (one line) when the file cannot be read, is not a museformer_lm checkpoint, or was trained
-    with another dictionary than ``data_dir``'s.
+
+def dictionary_from_checkpoint(state: dict):
+    """The fairseq ``Dictionary`` a checkpoint carries (``task_state["dictionary"]``, dict.txt's text), or None for a
+    checkpoint written before checkpoints kept it."""
+    from fairseq.data import Dictionary
+
+    text = _task_state(state).get("dictionary")
+    if not isinstance(text, str) or not text.strip():
+        return None
+    return Dictionary.load(io.StringIO(text))
+
+
+def tokenizer_config_from_checkpoint(state: dict) -> Optional[dict]:
+    """The tokenizer.json contents a checkpoint carries (``task_state["tokenizer"]``), or None (an older checkpoint,
+    or a data dir without tokenizer.json)."""
+    config = _task_state(state).get("tokenizer")
+    return config if isinstance(config, dict) else None
+
+
+def load_model(checkpoint: str, data_dir: Optional[str] = None, device: str = "cpu", state: Optional[dict] = None,
+               model_overrides: Optional[dict] = None):
+    """(model in eval mode, task) from a fairseq ``museformer_lm`` checkpoint.
+
+    The dictionary is ``data_dir``'s dict.txt when ``data_dir`` is given (it must be the one the checkpoint was
+    trained with), else the one the checkpoint carries. ``state`` is the checkpoint already read by
+    ``read_checkpoint``; ``model_overrides`` change the saved config (e.g. ``{"attention_impl": "dense"}``).
+    ``CheckpointError`` (one line) when the file cannot be read, is not a museformer_lm checkpoint, or its
+    dictionary is neither given nor saved in it or differs from ``data_dir``'s.
     """
     from fairseq import checkpoint_utils
     from fairseq.data import Dictionary
     from fairseq.dataclass.utils import overwrite_args_by_name
 
-    import museformer_plugin  # noqa: F401  (registers the museformer_lm task and model)
+    from museformer_plugin.task import MuseformerLMTask, read_tokenizer_json
 
-    state = read_checkpoint(checkpoint)
+    state = read_checkpoint(checkpoint) if state is None else state
     cfg = state.get("cfg")
     if cfg is None or cfg.get("task") is None or cfg.task.get("_name") != "museformer_lm":
         name = cfg.task.get("_name") if cfg is not None and cfg.get("task") is not None else None
         raise CheckpointError(f"{checkpoint} is not a museformer_lm checkpoint (its task is {name!r})")
-    dictionary = Dictionary.load(os.path.join(data_dir, "dict.txt"))
+    saved = dictionary_from_checkpoint(state)
+    if data_dir is None:
+        if saved is None:
+            raise CheckpointError(f"{checkpoint} carries no dictionary (it was written before checkpoints kept "
+                                  "one): pass --data DIR, the data directory it was trained on")
+        dictionary, source = saved, f"the dictionary saved in {checkpoint}"
+    else:
+        dictionary, source = Dictionary.load(os.path.join(data_dir, "dict.txt")), f"{data_dir}/dict.txt"
     emb = state["model"].get("decoder.embed_tokens.weight")
     if emb is None or emb.size(0) != len(dictionary):
         size = None if emb is None else emb.size(0)
         raise CheckpointError(
-            f"{checkpoint} was trained with a vocabulary of {size} symbols but {data_dir}/dict.txt has "
+            f"{checkpoint} was trained with a vocabulary of {size} symbols but {source} has "
             f"{len(dictionary)}: pass the data directory the model was trained on")
-    trained_on = str(cfg.task.get("data") or "").split(":")[0]  # the training data dir, if it still exists
-    if trained_on and os.path.isfile(os.path.join(trained_on, "dict.txt")):
-        other = Dictionary.load(os.path.join(trained_on, "dict.txt"))
-        if other.symbols != dictionary.symbols:
-            raise CheckpointError(f"{data_dir}/dict.txt differs from {trained_on}/dict.txt, the dictionary "
-                                  f"{checkpoint} was trained with: pass that data directory")
-    overwrite_args_by_name(cfg, {"data": data_dir})
-    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        [checkpoint], arg_overrides={"data": data_dir}, state=state)
+    if data_dir is not None:
+        trained_on = str(cfg.task.get("data") or "").split(":")[0]  # the training data dir, if it still exists
+        if saved is not None:
+            reference, where = saved, f"the dictionary saved in {checkpoint}"
+        elif trained_on and os.path.isfile(os.path.join(trained_on, "dict.txt")):
+            reference, where = Dictionary.load(os.path.join(trained_on, "dict.txt")), f"{trained_on}/dict.txt"
+        else:
+            reference = None
+        if reference is not None and reference.symbols != dictionary.symbols:
+            raise CheckpointError(f"{data_dir}/dict.txt differs from {where}, the dictionary {checkpoint} was "
+                                  "trained with: pass the data directory the model was trained on")
+    overrides = {**(model_overrides or {}), **({"data": data_dir} if data_dir is not None else {})}
+    if overrides:
+        overwrite_args_by_name(cfg, overrides)
+    # The task is built here, not by fairseq's setup_task, which needs a data directory; fairseq then restores the
+    # task's saved state (the tokenizer config when the data dir has none, see MuseformerLMTask.load_state_dict).
+    task = MuseformerLMTask(cfg.task, dictionary, read_tokenizer_json(data_dir) if data_dir is not None else None)
+    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], task=task, state=state)
     model = models[0].to(device).eval()
     return model, task

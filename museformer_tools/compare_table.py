@@ -36,10 +36,9 @@ def load_run(run_dir: str, json_name: str = "ppl.json") -> Tuple[Dict[int, dict]
     params, updates = None, None
     checkpoint = os.path.join(run_dir, "checkpoint_best.pt")
     if os.path.isfile(checkpoint):
-        import torch
+        from .checkpoint import read_checkpoint
 
-        # our own checkpoint written by fairseq-train: trusted, and it holds non-tensor objects
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        state = read_checkpoint(checkpoint)  # the one safe reader (no arbitrary code on load); CheckpointError
         params = sum(t.numel() for t in state["model"].values())
         history = state.get("optimizer_history") or [{}]
         updates = history[-1].get("num_updates")
@@ -148,14 +147,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m museformer_tools.compare_table",
         description="Markdown table of perplexities from compare.sh run folders (each with ppl.json).",
-        epilog="example: python -m museformer_tools.compare_table --out docs/results.md "
-               "museformer=runs/compare/museformer linear=runs/compare/linear",
+        epilog="example:\n  python -m museformer_tools.compare_table --out docs/results.md "
+               "museformer=runs/compare/museformer linear=runs/compare/linear\n\n"
+               "exit status: 0 = page written, 2 = bad input (one line on stderr)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("runs", nargs="+", help="NAME=RUN_DIR pairs, in table order")
     parser.add_argument("--out", required=True, help="markdown file to write")
-    parser.add_argument("--command", default=" ".join(sys.argv), help="the command to record on the page")
-    parser.add_argument("--notes", default="", help="a paragraph appended to the page")
-    parser.add_argument("--json-name", default="ppl.json", help="name of the eval JSON inside each run dir")
+    parser.add_argument("--command", default=" ".join(sys.argv),
+                        help="the command to record on the page (default: this command line)")
+    parser.add_argument("--notes", default="", help="a paragraph appended to the page (default: none)")
+    parser.add_argument("--json-name", default="ppl.json",
+                        help="name of the eval JSON inside each run dir (default: ppl.json)")
     args = parser.parse_args(argv)
     runs, se = [], {}
     try:
@@ -166,7 +169,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             runs.append((name, *load_run(run_dir, args.json_name)))
             se[name] = load_se(run_dir)
     except (FileNotFoundError, ValueError) as err:
-        print(f"compare_table: error: {err}", file=sys.stderr)
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     page = render(runs, args.command, machine_description(), args.notes, se)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

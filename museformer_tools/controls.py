@@ -11,7 +11,7 @@
 * ``--tempo``: every ``t-`` token has this value, placed where the encoder puts it: REMIGEN2 once at the start of
   every bar (after its ``s-``), REMIGEN right after every onset ``o-``;
 * ``--bars N``: ``</s>`` is forbidden before the N-th ``b-1`` (prompt included) and the piece ends right after it.
-  Near ``--max-tokens`` only tokens after which N bars can still be closed in the tokens left are allowed (the
+  Near ``--max-length`` only tokens after which N bars can still be closed in the tokens left are allowed (the
   shortest completion is computed on the family graph below), so every piece has exactly N bars.
 
 The controls apply to the sampled tokens; a prompt is kept as it is.
@@ -101,11 +101,11 @@ def tempo_token_id(bpm: float) -> int:
     return tempo_to_id(bpm)
 
 
-def build_controls(symbols: Sequence[str], cfg: TokenizerConfig, data_dir: str, instruments: Optional[str] = None,
+def build_controls(symbols: Sequence[str], cfg: TokenizerConfig, vocab_source: str, instruments: Optional[str] = None,
                    time_signature: Optional[str] = None, tempo: Optional[float] = None,
                    bars: Optional[int] = None) -> Controls:
-    """Parse the control flags and check that the dictionary ``symbols`` (``data_dir``/dict.txt) and ``cfg``
-    (``data_dir``/tokenizer.json) can express each of them. Raises ``ControlError`` naming the flag, the missing
+    """Parse the control flags and check that the dictionary ``symbols`` and the tokenizer config ``cfg`` (both
+    from ``vocab_source``: a data dir's dict.txt or a checkpoint's saved dictionary) can express each of them. Raises ``ControlError`` naming the flag, the missing
     token and the fix."""
     in_dict = set(symbols)
     ranges = family_ranges(cfg)
@@ -122,21 +122,21 @@ def build_controls(symbols: Sequence[str], cfg: TokenizerConfig, data_dir: str, 
             known_text = ", ".join(map(str, known)) if len(known) <= 12 else f"{known[0]}-{known[-1]}"
             verb = "is" if len(missing) == 1 else "are"
             raise ControlError(f"--instruments {instruments}: {', '.join(f'i-{v}' for v in missing)} {verb} not in "
-                               f"the vocabulary of {data_dir} (its instruments: {known_text}); choose among those")
+                               f"the vocabulary of {vocab_source} (its instruments: {known_text}); choose among those")
     ts = None
     if time_signature is not None:
         ts = parse_time_signature(time_signature)
         if cfg.ignore_ts:
-            raise ControlError(f"--time-signature needs s- tokens, but {data_dir}/tokenizer.json has ignore_ts "
+            raise ControlError(f"--time-signature needs s- tokens, but the tokenizer config of {vocab_source} has ignore_ts "
                                "(its pieces carry no time signature); drop the flag or use a data dir built "
                                "without --ignore-ts")
         if not expressible("s", TS_TO_ID[ts]):
-            raise ControlError(f"--time-signature {time_signature}: s-{TS_TO_ID[ts]} is not in {data_dir}/dict.txt")
+            raise ControlError(f"--time-signature {time_signature}: s-{TS_TO_ID[ts]} is not in {vocab_source}")
     tempo_id = None
     if tempo is not None:
         tempo_id = tempo_token_id(tempo)
         if not expressible("t", tempo_id):
-            raise ControlError(f"--tempo {tempo:g}: t-{tempo_id} is not in {data_dir}/dict.txt")
+            raise ControlError(f"--tempo {tempo:g}: t-{tempo_id} is not in {vocab_source}")
     if bars is not None and bars < 1:
         raise ControlError(f"--bars must be at least 1, got {bars}")
     return Controls(inst, ts, tempo_id, bars)
@@ -155,12 +155,12 @@ def add_arguments(group) -> None:
                        "REMIGEN: one after every onset); written as the nearest t- value")
     group.add_argument("--bars", type=int, metavar="N",
                        help="exactly N bars per piece, prompt included, then end of song (</s>); tokens are chosen so "
-                       "that N bars fit in --max-tokens")
+                       "that N bars fit in --max-length")
 
 
-def controls_from_args(args, symbols: Sequence[str], cfg: TokenizerConfig, data_dir: str) -> Controls:
+def controls_from_args(args, symbols: Sequence[str], cfg: TokenizerConfig, vocab_source: str) -> Controls:
     """``build_controls`` from the parsed flags of ``add_arguments``."""
-    return build_controls(symbols, cfg, data_dir, instruments=args.instruments, time_signature=args.time_signature,
+    return build_controls(symbols, cfg, vocab_source, instruments=args.instruments, time_signature=args.time_signature,
                           tempo=args.tempo, bars=args.bars)
 
 
@@ -205,8 +205,8 @@ class ControlMask:
     """``GrammarMask`` with the controls on top; same interface (``reset``, ``update``, ``select``, ``mask``)."""
 
     def __init__(self, grammar: GrammarMask, controls: Controls, cfg: TokenizerConfig, bar_id: int,
-                 max_tokens: int):
-        self.grammar, self.controls, self.bar_id, self.max_tokens = grammar, controls, bar_id, max_tokens
+                 max_length: int):
+        self.grammar, self.controls, self.bar_id, self.max_length = grammar, controls, bar_id, max_length
         fam, val, eos = grammar.fam, grammar.val, grammar.eos
         V = fam.numel()
         code_of = {code: f for f, code in FAMILY_CODES.items()}
@@ -271,7 +271,7 @@ class ControlMask:
         if self.controls.bars is not None:
             bars_left = self.controls.bars - torch.tensor(self.bars)[:, None]  # (B, 1)
             assert bool(bars_left.ge(1).all()), "a piece with all its bars must have left the batch"
-            tokens_left = self.max_tokens - torch.tensor(self.length)[:, None]  # (B, 1) tokens still allowed
+            tokens_left = self.max_length - torch.tensor(self.length)[:, None]  # (B, 1) tokens still allowed
             # tokens needed after each candidate: a b-1 leaves bars_left - 1 empty bars, any other id first closes
             # the current bar
             need = torch.where(self._is_bar, (bars_left - 1) * self.bar_cost,

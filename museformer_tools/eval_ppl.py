@@ -22,6 +22,8 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
+from .device import add_device_arguments, add_old_alias
+
 logger = logging.getLogger("museformer_tools.eval_ppl")
 
 PAPER_LENGTHS = (1024, 5120, 10240)  # the paper's Table 1 (spec §6.3)
@@ -78,41 +80,30 @@ def _set_truncation(task, split: str, length: Optional[int]) -> None:
 
 
 def evaluate(checkpoint: str, data: str, split: str = "test", lengths: Sequence[int] = PAPER_LENGTHS,
-             max_tokens: Optional[int] = None, batch_size: Optional[int] = None, cpu: bool = False,
-             fp16: bool = False, model_overrides: Optional[dict] = None, bf16: bool = False,
+             max_tokens: Optional[int] = None, batch_size: Optional[int] = None, device: str = "auto",
+             dtype: str = "fp32", model_overrides: Optional[dict] = None,
              bos_in_first_bar: bool = False) -> Dict[int, dict]:
     """Perplexity of ``checkpoint`` on ``split`` of ``data`` at each length; returns {L: {loss, ppl, ...}}.
 
+    ``device``: auto | cpu | cuda; ``dtype``: fp32 | bf16 | fp16 (the model's precision; the loss sums in fp32).
     ``bos_in_first_bar``: score in the original's training / validation layout (the task's --bos-in-first-bar,
-    with its bar-1 leak), to compare with published numbers."""
+    with its bar-1 leak), to compare with published numbers.
+    """
     if split not in SPLITS:
         raise ValueError(f"--split must be one of {', '.join(SPLITS)} (the task's --truncate-* flags); got {split!r}")
     check_inputs(checkpoint, data, split)
     import torch
-    from fairseq import checkpoint_utils, utils
+    from fairseq import utils
 
-    import museformer_plugin  # noqa: F401  (registers the task and the models before the checkpoint is read)
+    from .checkpoint import load_model, read_checkpoint
+    from .device import DTYPES, resolve_device
 
-    from .checkpoint import read_checkpoint
-
-    use_cuda = torch.cuda.is_available() and not cpu
-    overrides = {"data": data, **(model_overrides or {})}
-    from fairseq.dataclass.utils import overwrite_args_by_name
-
+    use_cuda = resolve_device(device) == "cuda"
     state = read_checkpoint(checkpoint)  # CheckpointError (one line) for a truncated or foreign file
-    # fairseq applies arg_overrides only when it reads the file itself; the state is read here (for the one-line
-    # error), so override it here: without this the task read the checkpoint's own training data dir, not --data.
-    if state.get("cfg") is not None:
-        overwrite_args_by_name(state["cfg"], overrides)
-    models, saved_cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides,
-                                                                            state=state)
-    model = models[0].eval()
-    if fp16 and bf16:
-        raise ValueError("--fp16 and --bf16 exclude each other; pass one")
-    if fp16:
-        model.half()
-    elif bf16:
-        model.to(torch.bfloat16)
+    # the data dir's dictionary must be the one the checkpoint was trained with (CheckpointError otherwise)
+    model, task = load_model(checkpoint, data, state=state, model_overrides=model_overrides)
+    saved_cfg = state["cfg"]
+    model.to(DTYPES[dtype])
     if use_cuda:
         model.cuda()
     criterion = task.build_criterion(saved_cfg.criterion)
@@ -189,29 +180,32 @@ def build_parser() -> argparse.ArgumentParser:
         prog="museformer-eval-ppl",
         description="Perplexity of a museformer_plugin checkpoint on the first L tokens of every song of a split, "
                     "for several L in one run (fairseq's validation step underneath).",
-        epilog="example: museformer-eval-ppl checkpoints/museformer/checkpoint_best.pt --data data-bin/lmd6remi "
-               "--lengths 1024,5120,10240 --json ppl.json",
+        epilog="example:\n  museformer-eval-ppl checkpoints/museformer/checkpoint_best.pt --data data-bin/lmd6remi "
+               "--lengths 1024,5120,10240 --json ppl.json\n\n--device/--dtype replace --cpu, --fp16 and --bf16 (kept "
+               "as aliases for one release), as in museformer-sample.\n\n"
+               "exit status: 0 = table written, 2 = bad input (one line on stderr)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("checkpoint", help="checkpoint .pt written by fairseq-train (run_scripts/train.sh)")
     parser.add_argument("--data", required=True, help="binarised data dir (dict.txt, SPLIT.bin/.idx)")
     parser.add_argument("--split", default="test", choices=SPLITS, help="split to score (default: test)")
     parser.add_argument("--lengths", default=",".join(map(str, PAPER_LENGTHS)),
                         help="comma-separated truncation lengths in tokens (default: the paper's 1024,5120,10240)")
-    parser.add_argument("--json", default=None, help="write the results as JSON to this file")
+    parser.add_argument("--json", default=None, help="write the results as JSON to this file (default: print only)")
     parser.add_argument("--max-tokens", type=int, default=None,
                         help="tokens per batch (default: the length L, i.e. one full-length song per batch)")
     parser.add_argument("--batch-size", type=int, default=None, help="songs per batch (default: no cap)")
-    parser.add_argument("--cpu", action="store_true", help="evaluate on CPU even when a GPU is available")
-    parser.add_argument("--fp16", action="store_true",
-                        help="run the model in fp16 (for GPUs; works on CPU too, slowly); the loss sums in fp32")
-    parser.add_argument("--bf16", action="store_true",
-                        help="run the model in bf16 (GPUs, and CPUs with AVX-512 BF16); the loss sums in fp32")
+    add_device_arguments(parser, "run the model in this precision (bf16: GPUs and CPUs with AVX-512 BF16; fp16: "
+                         "GPUs, slowly on CPU); the loss sums in fp32")
+    add_old_alias(parser, "--cpu", "device", "cpu")
+    add_old_alias(parser, "--fp16", "dtype", "fp16")
+    add_old_alias(parser, "--bf16", "dtype", "bf16")
     parser.add_argument("--bos-in-first-bar", action="store_true",
                         help="reproduces the original's training/validation layout, including its bar-1 leak (the "
                              "layout behind the paper's perplexities); for comparing with published numbers only "
                              "(default: off, the BOS is outside every bar)")
     parser.add_argument("--model-overrides", default="{}",
-                        help="python dict of config overrides, e.g. \"{'attention_impl': 'dense'}\"")
+                        help="python dict of config overrides, e.g. \"{'attention_impl': 'dense'}\" (default: {})")
     return parser
 
 
@@ -229,7 +223,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not isinstance(overrides, dict):
             raise ValueError(f"--model-overrides must be a python dict literal, got {args.model_overrides!r}")
         results = evaluate(args.checkpoint, args.data, args.split, lengths, args.max_tokens, args.batch_size,
-                           args.cpu, args.fp16, overrides, args.bf16, args.bos_in_first_bar)
+                           args.device, args.dtype, overrides, args.bos_in_first_bar)
     except (FileNotFoundError, ValueError) as err:  # CheckpointError and MuseformerInputError are ValueErrors
         print(f"museformer-eval-ppl: error: {err}", file=sys.stderr)
         return 2

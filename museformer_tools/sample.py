@@ -28,8 +28,9 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from .checkpoint import CheckpointError, load_model
+from .checkpoint import CheckpointError, load_model, read_checkpoint, tokenizer_config_from_checkpoint
 from .controls import add_arguments as add_control_arguments
+from .device import DTYPES, add_device_arguments, resolve_device
 from .sampling import build_token_mask, piece_generator, sample_batch
 
 EPILOG = """examples:
@@ -41,9 +42,21 @@ EPILOG = """examples:
 
 The original sampled with top-k 8, temperature 1.0, at least 1,024 and at most 20,480 tokens
 (pass --min-tokens 1024 to match it) and without a grammar mask (pass --no-grammar-mask to match it).
-The controls apply to the sampled tokens; a prompt is kept as it is."""
+The controls apply to the sampled tokens; a prompt is kept as it is.
+--max-length was called --max-tokens (kept as an alias for one release): in fairseq and
+museformer-eval-ppl --max-tokens means tokens per batch.
+"""
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+EXIT_CODES = "exit status: 0 = pieces written, 1 = nothing written, 2 = bad input (one line on stderr)"
+
+
+class OldFlagName(argparse.Action):
+    """An old flag name kept as an alias: stores into the new name's ``dest`` and records the name that was typed
+    (``max_length_flag``), so that messages speak of the flag the user gave."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_flag", option_string)
 
 
 class SampleError(Exception):
@@ -52,42 +65,44 @@ class SampleError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="museformer-sample", description=__doc__.split("\n")[0], epilog=EPILOG,
+        prog="museformer-sample", description=__doc__.split("\n")[0], epilog=f"{EPILOG}\n\n{EXIT_CODES}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", help="fairseq checkpoint of a museformer_lm model (e.g. checkpoint_best.pt)")
-    p.add_argument("--data", required=True,
-                   help="data directory with the training dict.txt (and tokenizer.json) from museformer-prep")
+    p.add_argument("--data", default=None,
+                   help="data directory with the training dict.txt (and tokenizer.json) from museformer-prep "
+                   "(default: the dictionary and tokenizer config saved in the checkpoint; needed only for "
+                   "checkpoints written before checkpoints kept them)")
     p.add_argument("--out", required=True, help="output folder for sample_NNN.mid / sample_NNN.txt")
-    p.add_argument("--num-samples", type=int, default=1, help="number of pieces to generate (default 1)")
+    p.add_argument("--num-samples", type=int, default=1, help="number of pieces to generate (default: 1)")
     p.add_argument("--prompt-midi", help="continue this MIDI file (encoded with the data dir's tokenizer.json)")
     p.add_argument("--prompt-bars", type=int, default=4,
-                   help="with --prompt-midi: how many of its first bars form the prompt (default 4)")
+                   help="with --prompt-midi: how many of its first bars form the prompt (default: 4)")
     p.add_argument("--max-bars", type=int, default=None,
                    help="stop a piece after this many bars in total, prompt included (default: no bar limit)")
-    p.add_argument("--max-tokens", type=int, default=20480,
-                   help="longest piece in tokens, prompt included, BOS excluded (default 20480, the original's)")
+    p.add_argument("--max-length", type=int, default=20480, metavar="N",
+                   help="longest piece in tokens, prompt included, BOS excluded (default: 20480, the original's)")
+    p.add_argument("--max-tokens", type=int, dest="max_length", action=OldFlagName, metavar="N",
+                   help="old name of --max-length, kept for one release (fairseq's --max-tokens is tokens per batch)")
+    p.set_defaults(max_length_flag="--max-length")
     p.add_argument("--min-tokens", type=int, default=0,
-                   help="end of song (</s>) is forbidden before this many tokens (default 0; the original: 1024)")
-    p.add_argument("--top-k", type=int, default=8, help="sample among the k most likely tokens; 0 = all (default 8)")
+                   help="end of song (</s>) is forbidden before this many tokens (default: 0; the original: 1024)")
+    p.add_argument("--top-k", type=int, default=8, help="sample among the k most likely tokens; 0 = all (default: 8)")
     p.add_argument("--top-p", type=float, default=None,
                    help="nucleus sampling: keep the smallest set of tokens with probability >= p (default: off)")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1.0)")
-    p.add_argument("--seed", type=int, default=1, help="random seed; the same seed gives the same pieces (default 1)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default: 1.0)")
+    p.add_argument("--seed", type=int, default=1, help="random seed; the same seed gives the same pieces (default: 1)")
     p.add_argument("--batch-size", type=int, default=1,
-                   help="pieces sampled together; a piece that ends leaves the batch and stops costing (default 1)")
+                   help="pieces sampled together; a piece that ends leaves the batch and stops costing (default: 1)")
     p.add_argument("--grammar-mask", action=argparse.BooleanOptionalAction, default=True,
                    help="on by default: only allow tokens that keep the piece well-formed REMIGEN (d- after p-, v- "
                    "after d-, increasing onsets, ...; museformer_tools/grammar_mask.py). --no-grammar-mask samples "
                    "the model's raw distribution, as the original did (the controls below then cannot be used)")
     add_control_arguments(p.add_argument_group("controls (through the grammar mask; they apply to the sampled tokens)"))
     speed = p.add_argument_group("speed")
-    speed.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                       help="where to run the model (default cpu)")
-    speed.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",
-                       help="cast the model to this precision (default fp32); bf16 or fp16 halves the weights read "
-                       "per token (one piece samples ~1.5x faster on a 2-core AVX2 CPU); on CPUs without native "
-                       "bf16/fp16 matrix units (AVX2) batches of several pieces run faster in fp32")
+    add_device_arguments(speed, "cast the model to this precision; bf16 or fp16 halves the weights read per token "
+                         "(one piece samples ~1.5x faster on a 2-core AVX2 CPU); on CPUs without native bf16/fp16 "
+                         "matrix units (AVX2) batches of several pieces run faster in fp32")
     speed.add_argument("--threads", type=int, default=None, metavar="N",
                        help="CPU threads for torch (torch.set_num_threads; default: all cores of this process, "
                        f"here {default_threads()})")
@@ -106,9 +121,10 @@ def default_threads() -> int:
 
 
 def check_args(args) -> None:
-    for name in ("num_samples", "max_tokens", "batch_size", "prompt_bars"):
+    for name in ("num_samples", "max_length", "batch_size", "prompt_bars"):
         if getattr(args, name) < 1:
-            raise SampleError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+            flag = args.max_length_flag if name == "max_length" else f"--{name.replace('_', '-')}"
+            raise SampleError(f"{flag} must be at least 1, got {getattr(args, name)}")
     if args.max_bars is not None and args.max_bars < 1:
         raise SampleError(f"--max-bars must be at least 1, got {args.max_bars}")
     if args.top_k < 0:
@@ -129,10 +145,11 @@ def check_args(args) -> None:
     if controls and not args.grammar_mask:
         raise SampleError(f"{', '.join(controls)} cannot be used without the grammar mask (the controls are "
                           "part of it); drop --no-grammar-mask")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SampleError("--device cuda was given but torch sees no CUDA device; use --device cpu")
-    dict_path = Path(args.data) / "dict.txt"
-    if not dict_path.is_file():
+    try:
+        resolve_device(args.device)
+    except ValueError as err:
+        raise SampleError(str(err)) from None
+    if args.data is not None and not (Path(args.data) / "dict.txt").is_file():
         raise SampleError(f"no dict.txt in --data {args.data}; pass the data directory the model was trained on "
                           "(built by `museformer-prep all`)")
     if not Path(args.checkpoint).is_file():
@@ -141,22 +158,30 @@ def check_args(args) -> None:
         raise SampleError(f"--prompt-midi {args.prompt_midi} does not exist")
 
 
-def load_tokenizer_config(data_dir: str):
-    """The data dir's tokenizer.json (written by museformer-prep binarize); the defaults when it is absent."""
+def load_tokenizer_config(data_dir: Optional[str], state: dict, checkpoint: str):
+    """The tokenizer config of the data: --data's tokenizer.json (written by museformer-prep binarize), else the one
+    the checkpoint carries, else the defaults (with a note)."""
     from data_prep.config import TokenizerConfig
 
-    path = Path(data_dir) / "tokenizer.json"
-    if not path.is_file():
-        print(f"note: {path} not found; decoding and prompt encoding use the default tokenizer config",
-              file=sys.stderr)
+    path = Path(data_dir) / "tokenizer.json" if data_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            config, source = json.loads(path.read_text(encoding="utf-8")), str(path)
+        except ValueError as err:
+            raise SampleError(f"{path} is not valid JSON: {err}") from None
+    else:
+        config, source = tokenizer_config_from_checkpoint(state), f"the tokenizer config saved in {checkpoint}"
+    if config is None:
+        where = f"{path} not found and {checkpoint} carries none" if path else f"{checkpoint} carries no tokenizer config"
+        print(f"note: {where}; decoding and prompt encoding use the default tokenizer config", file=sys.stderr)
         return TokenizerConfig()
     try:
-        return TokenizerConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        return TokenizerConfig.from_dict(config)
     except (ValueError, TypeError) as err:
-        raise SampleError(f"{path} is not a valid tokenizer config: {err}") from None
+        raise SampleError(f"{source} is not a valid tokenizer config: {err}") from None
 
 
-def prompt_ids(task, midi_path: str, bars: int, tok_cfg) -> List[int]:
+def prompt_ids(task, midi_path: str, bars: int, tok_cfg, vocab_source: str) -> List[int]:
     """Dictionary ids of the first ``bars`` bars of ``midi_path`` (tokens up to its bars-th ``b-1``)."""
     from data_prep.errors import MidiEncodeError
     from data_prep.midi_to_tokens import encode_midi
@@ -171,29 +196,27 @@ def prompt_ids(task, midi_path: str, bars: int, tok_cfg) -> List[int]:
     d = task.dictionary
     unknown = sorted({t for t in tokens if d.index(t) == d.unk()})
     if unknown:
-        raise SampleError(f"--prompt-midi {midi_path} encodes to tokens missing from {task.cfg.data}/dict.txt "
+        raise SampleError(f"--prompt-midi {midi_path} encodes to tokens missing from {vocab_source} "
                           f"({', '.join(unknown[:5])}): the data dir was built with another tokenizer config")
     return [d.index(t) for t in tokens]
 
 
-def parse_controls(args, tok_cfg):
-    """The control flags as a ``Controls``, checked against --data's dict.txt and tokenizer config."""
-    from data_prep.vocab import read_dict
-
+def parse_controls(args, symbols, tok_cfg, vocab_source: str):
+    """The control flags as a ``Controls``, checked against the dictionary ``symbols`` and the tokenizer config."""
     from .controls import ControlError, controls_from_args
 
     try:
-        return controls_from_args(args, read_dict(Path(args.data) / "dict.txt"), tok_cfg, args.data)
+        return controls_from_args(args, symbols, tok_cfg, vocab_source)
     except ControlError as err:
         raise SampleError(str(err)) from None
 
 
 def check_prompt(args, task, prompt: List[int], token_mask) -> None:
-    """The prompt leaves room for sampling under --max-tokens, --max-bars and --bars."""
+    """The prompt leaves room for sampling under --max-length, --max-bars and --bars."""
     d = task.dictionary
-    if len(prompt) >= args.max_tokens:
-        raise SampleError(f"the prompt has {len(prompt)} tokens, not fewer than --max-tokens {args.max_tokens}; "
-                          "use fewer --prompt-bars or a larger --max-tokens")
+    if len(prompt) >= args.max_length:
+        raise SampleError(f"the prompt has {len(prompt)} tokens, not fewer than {args.max_length_flag} "
+                          f"{args.max_length}; use fewer --prompt-bars or a larger {args.max_length_flag}")
     bar_limit, flag = (args.bars, "--bars") if args.bars is not None else (args.max_bars, "--max-bars")
     prompt_bars = prompt.count(d.index("b-1"))
     if bar_limit is not None and prompt_bars >= bar_limit:
@@ -204,19 +227,19 @@ def check_prompt(args, task, prompt: List[int], token_mask) -> None:
         for tok in prompt:
             token_mask.update([tok])
         need = len(prompt) + token_mask.tokens_needed()[0]
-        if need > args.max_tokens:
-            raise SampleError(f"--bars {args.bars} needs at least {need} tokens (prompt included) but --max-tokens is "
-                              f"{args.max_tokens}; raise --max-tokens or lower --bars")
+        if need > args.max_length:
+            raise SampleError(f"--bars {args.bars} needs at least {need} tokens (prompt included) but "
+                              f"{args.max_length_flag} is {args.max_length}; raise {args.max_length_flag} or lower --bars")
 
 
 def run(args) -> int:
     check_args(args)
-    tok_cfg = load_tokenizer_config(args.data)
-    controls = parse_controls(args, tok_cfg)
+    state = read_checkpoint(args.checkpoint)
+    tok_cfg = load_tokenizer_config(args.data, state, args.checkpoint)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(args.threads or default_threads())
     try:
-        return _run(args, tok_cfg, controls)
+        return _run(args, state, tok_cfg)
     finally:
         torch.set_num_threads(threads_before)  # programmatic callers (tests) get their setting back
 
@@ -224,7 +247,8 @@ def run(args) -> int:
 def half_batch_note(args, cpu_capability: Optional[str] = None) -> Optional[str]:
     """A note when half precision is asked for a batch on a CPU whose torch kernels emulate it (AVX2 or less):
     there a bf16/fp16 product of 8 rows is several times slower than fp32's (docs/benchmarks.md, "Sampling")."""
-    if args.device != "cpu" or args.dtype == "fp32" or args.batch_size <= 1:
+    on_gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    if on_gpu or args.dtype == "fp32" or args.batch_size <= 1:
         return None
     capability = cpu_capability or torch.backends.cpu.get_cpu_capability()
     if "AVX512" in capability or "SVE" in capability:
@@ -233,14 +257,16 @@ def half_batch_note(args, cpu_capability: Optional[str] = None) -> Optional[str]
             "batched products are emulated here and usually slower than fp32; try --dtype fp32 for batches")
 
 
-def _run(args, tok_cfg, controls) -> int:
-    model, task = load_model(args.checkpoint, args.data, args.device)
+def _run(args, state: dict, tok_cfg) -> int:
+    model, task = load_model(args.checkpoint, args.data, resolve_device(args.device), state=state)
     model = model.to(DTYPES[args.dtype])
+    vocab_source = f"{args.data}/dict.txt" if args.data else f"the dictionary saved in {args.checkpoint}"
+    controls = parse_controls(args, task.dictionary.symbols, tok_cfg, vocab_source)
     note = half_batch_note(args)
     if note:
         print(note)
     d = task.dictionary
-    prompt = prompt_ids(task, args.prompt_midi, args.prompt_bars, tok_cfg) if args.prompt_midi else []
+    prompt = prompt_ids(task, args.prompt_midi, args.prompt_bars, tok_cfg, vocab_source) if args.prompt_midi else []
     token_mask = build_token_mask(args, task, tok_cfg, controls)
     check_prompt(args, task, prompt, token_mask)
 
@@ -251,7 +277,7 @@ def _run(args, tok_cfg, controls) -> int:
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    new_total = args.num_samples * (args.max_tokens - len(prompt))
+    new_total = args.num_samples * (args.max_length - len(prompt))
     written, tokens_total, grammar_errors, skips = 0, 0, 0, Counter()
     start = time.perf_counter()
     with tqdm(total=new_total, desc=f"sampling into {out_dir}", unit="tok", disable=None) as bar:
@@ -301,9 +327,11 @@ def write_pianoroll(midi_path: str, positions_per_beat: int) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from museformer_plugin.cli_errors import MuseformerInputError  # after parsing: --help needs no fairseq
+
     try:
         return run(args)
-    except (SampleError, CheckpointError) as err:
+    except (SampleError, CheckpointError, MuseformerInputError) as err:
         print(f"museformer-sample: error: {err}", file=sys.stderr)
         return 2
 

@@ -39,7 +39,7 @@ def build_token_mask(args, task, tok_cfg, controls):
     grammar = GrammarMask(d.symbols, d.eos(), tok_cfg)
     if not controls.active():
         return grammar
-    return ControlMask(grammar, controls, tok_cfg, d.index("b-1"), args.max_tokens)
+    return ControlMask(grammar, controls, tok_cfg, d.index("b-1"), args.max_length)
 
 
 @torch.no_grad()
@@ -47,7 +47,7 @@ def sample_batch(model, task, prompt: List[int], generators: Sequence[torch.Gene
                  progress=None) -> List[List[int]]:
     """Sample one piece per generator, continuing ``prompt`` (ids, no BOS). Returns each piece's ids (no BOS/EOS).
 
-    A piece ends at ``</s>``, at ``--max-tokens``, or at its last bar (``--bars`` / ``--max-bars``). It then leaves
+    A piece ends at ``</s>``, at ``--max-length``, or at its last bar (``--bars`` / ``--max-bars``). It then leaves
     the batch: its row is dropped from the decoder's cache (``reorder_incremental_state``), from the token buffer
     and from ``token_mask``, so the following steps run only the pieces still going.
     """
@@ -59,7 +59,7 @@ def sample_batch(model, task, prompt: List[int], generators: Sequence[torch.Gene
     bar_limit = args.bars if args.bars is not None else args.max_bars
     # The decoder takes the whole sequence so far at every call (fairseq's convention) and runs only the new column;
     # a preallocated buffer passed as a view avoids a copy of the sequence per step.
-    buf = torch.full((B, 1 + args.max_tokens), d.pad(), dtype=torch.long, device=device)  # (B, 1 + max_tokens)
+    buf = torch.full((B, 1 + args.max_length), d.pad(), dtype=torch.long, device=device)  # (B, 1 + max_length)
     buf[:, 0] = eos
     buf[:, 1 : 1 + len(prompt)] = torch.tensor(prompt, dtype=torch.long, device=device)
     length = 1 + len(prompt)  # columns filled: BOS + prompt + sampled tokens
@@ -101,7 +101,7 @@ def sample_batch(model, task, prompt: List[int], generators: Sequence[torch.Gene
                 continue
             pieces[i].append(tok)
             bars[i] += tok == bar
-            done = len(pieces[i]) >= args.max_tokens or (bar_limit is not None and bars[i] >= bar_limit)
+            done = len(pieces[i]) >= args.max_length or (bar_limit is not None and bars[i] >= bar_limit)
             if not done:
                 keep.append(row)
         if progress is not None:

@@ -100,7 +100,7 @@ for preset in $PRESETS; do
     rm -rf "$run_dir/samples"
     # A model that cannot be sampled (or whose samples have no notes) gets no SE; the comparison goes on.
     if museformer-sample "$run_dir/checkpoint_best.pt" --data "$DATA_BIN" --out "$run_dir/samples" \
-         --num-samples "$SE_SAMPLES" --max-bars "$SE_BARS" --max-tokens "$SE_MAX_TOKENS" --grammar-mask \
+         --num-samples "$SE_SAMPLES" --max-bars "$SE_BARS" --max-length "$SE_MAX_TOKENS" --grammar-mask \
          --seed "$SEED" --device "$sample_device" 2>&1 | tee "$run_dir/sample.log" \
        && "${analyze[@]}" se "$reference_json" "$run_dir/samples" --positions-per-beat "$positions" \
             --json "$run_dir/se.json" 2>&1 | tee "$run_dir/se.log"; then

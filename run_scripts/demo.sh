@@ -74,7 +74,7 @@ CHECKPOINT="$OUT/checkpoints/checkpoint_best.pt" DATA_BIN="$OUT/data-bin" OUT_JS
 
 stage "5/6 sample: $NUM_SAMPLES piece(s) of $SAMPLE_BARS bars -> $OUT/samples"
 run museformer-sample "$OUT/checkpoints/checkpoint_best.pt" --data "$OUT/data-bin" --out "$OUT/samples" \
-  --num-samples "$NUM_SAMPLES" --max-bars "$SAMPLE_BARS" --max-tokens "$SAMPLE_MAX_TOKENS" --grammar-mask --seed 1
+  --num-samples "$NUM_SAMPLES" --max-bars "$SAMPLE_BARS" --max-length "$SAMPLE_MAX_TOKENS" --grammar-mask --seed 1
 
 stage "6/6 analyze: piano rolls, L_t of samples vs the training corpus, SE -> $OUT/analysis; report -> $OUT/report"
 analyze=(python -m museformer_analysis)  # = museformer-analyze
@@ -116,6 +116,6 @@ if compgen -G "$OUT/samples/*.mid" >/dev/null; then
   echo "listen to:      $(ls "$OUT"/samples/*.mid | head -n 3 | tr '\n' ' ')"
   echo "look at:        $(ls "$OUT"/samples/*.png | head -n 3 | tr '\n' ' ')$OUT/analysis/similarity.png"
   echo "SE:             $OUT/analysis/se.json"
-  echo "audio:          museformer-analyze render $(ls "$OUT"/samples/*.mid | head -n 1) sample.ogg"
+  echo "audio:          museformer-analyze render $(ls "$OUT"/samples/*.mid | head -n 1) --out sample.ogg"
   echo "report:         $OUT/report/index.html  (open it in a browser: pictures, audio and numbers of the run)"
 fi

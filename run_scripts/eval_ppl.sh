@@ -30,10 +30,8 @@ OUT_JSON="${OUT_JSON:-$(dirname "$CHECKPOINT")/ppl_${SPLIT}.json}"
 DEVICE="${DEVICE:-auto}"
 command_or_module EVAL_PPL museformer-eval-ppl museformer_tools.eval_ppl
 
-device_args=()
-[[ "$DEVICE" == "cpu" ]] && device_args=(--cpu)
 # shellcheck disable=SC2206  # EVAL_PPL may be a command with arguments
 cmd=($EVAL_PPL "$CHECKPOINT" --data "$DATA_BIN" --split "$SPLIT" --lengths "$LENGTHS" --json "$OUT_JSON"
-     "${device_args[@]}" "$@")
+     --device "$DEVICE" "$@")
 echo "+ $(printf '%q ' "${cmd[@]}")"
 exec "${cmd[@]}"

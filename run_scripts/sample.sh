@@ -22,9 +22,9 @@
 #   TOP_K=8                  top-k sampling (the original's value)
 #   TEMPERATURE=1.0          softmax temperature
 #   MIN_TOKENS=1024          no end of song before this many tokens (the original's --min-len)
-#   MAX_TOKENS=20480         longest piece in tokens (the original's --max-len-b)
+#   MAX_LENGTH=20480         longest piece in tokens (the original's --max-len-b; MAX_TOKENS is the old name)
 #   SEED=1                   random seed: the same seed gives the same pieces
-#   DEVICE=cpu               cpu | cuda
+#   DEVICE=auto              auto | cpu | cuda (auto: cuda when torch sees a GPU)
 #   THREADS=                 torch CPU threads (--threads); empty = all cores
 #   SAMPLE=museformer-sample the command (falls back to `python -m museformer_tools.sample`)
 set -euo pipefail
@@ -42,16 +42,16 @@ BATCH_SIZE="${BATCH_SIZE:-1}"
 TOP_K="${TOP_K:-8}"
 TEMPERATURE="${TEMPERATURE:-1.0}"
 MIN_TOKENS="${MIN_TOKENS:-1024}"
-MAX_TOKENS="${MAX_TOKENS:-20480}"
+MAX_LENGTH="${MAX_LENGTH:-${MAX_TOKENS:-20480}}"
 SEED="${SEED:-1}"
-DEVICE="${DEVICE:-cpu}"
+DEVICE="${DEVICE:-auto}"
 THREADS="${THREADS:-}"
 command_or_module SAMPLE museformer-sample museformer_tools.sample
 
 # shellcheck disable=SC2206  # SAMPLE may be a command with arguments
 cmd=($SAMPLE "$CHECKPOINT" --data "$DATA_BIN" --out "$OUT"
      --num-samples "$NUM_SAMPLES" --batch-size "$BATCH_SIZE" --top-k "$TOP_K" --temperature "$TEMPERATURE"
-     --min-tokens "$MIN_TOKENS" --max-tokens "$MAX_TOKENS" --seed "$SEED" --device "$DEVICE"
+     --min-tokens "$MIN_TOKENS" --max-length "$MAX_LENGTH" --seed "$SEED" --device "$DEVICE"
      ${THREADS:+--threads "$THREADS"} "$@")
 echo "+ $(printf '%q ' "${cmd[@]}")"
 exec "${cmd[@]}"

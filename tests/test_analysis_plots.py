@@ -98,6 +98,17 @@ def test_render_with_a_missing_soundfont_exits_2_with_the_message(songs, tmp_pat
     assert not (tmp_path / "x.wav").exists()
 
 
+def test_render_takes_out_like_the_other_pictures(songs, tmp_path, capsys):
+    """One output form: --out (as pianoroll / heatmap / plot); the old second positional still parses for a release,
+    and two different outputs are refused."""
+    code = main(["render", str(songs / "song0.mid"), "--out", str(tmp_path / "x.wav"), "--soundfont",
+                 str(tmp_path / "no.sf2")])
+    assert code == 2 and "no.sf2 not found" in capsys.readouterr().err  # --out accepted; fails on the soundfont
+    with pytest.raises(SystemExit) as exit_info:
+        main(["render", str(songs / "song0.mid"), str(tmp_path / "a.wav"), "--out", str(tmp_path / "b.wav")])
+    assert exit_info.value.code == 2 and "pass --out only" in capsys.readouterr().err
+
+
 def test_render_without_any_soundfont_or_fluidsynth_says_what_to_install(songs, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(audio, "SOUNDFONT_CANDIDATES", (str(tmp_path / "none.sf2"),))
     assert main(["render", str(songs / "song0.mid"), str(tmp_path / "x.wav")]) == 2
@@ -137,7 +148,7 @@ def test_render_writes_the_format_its_suffix_names(tmp_path, suffix, magic):
     midi = tmp_path / "song.mid"
     make_midi(midi, [(0, False, [(k * 480, (k + 1) * 480, 60 + k, 90) for k in range(4)])])
     out = tmp_path / f"song{suffix}"
-    assert main(["render", str(midi), str(out)]) == 0
+    assert main(["render", str(midi), "--out", str(out)]) == 0
     head = out.read_bytes()[:64]
     assert head.startswith(magic), head
     if suffix == ".ogg":
@@ -145,6 +156,6 @@ def test_render_writes_the_format_its_suffix_names(tmp_path, suffix, magic):
 
 
 def test_render_to_an_unknown_suffix_exits_2_naming_the_formats(songs, tmp_path, capsys):
-    assert main(["render", str(songs / "song0.mid"), str(tmp_path / "song.mp3")]) == 2
+    assert main(["render", str(songs / "song0.mid"), "--out", str(tmp_path / "song.mp3")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot tell the audio format from '.mp3'" in err[0] and ".flac" in err[0], err

@@ -77,3 +77,25 @@ def test_read_checkpoint_errors(tmp_path, bad_checkpoints):
         with pytest.raises(CheckpointError, match="cannot read checkpoint") as err:
             read_checkpoint(str(path))
         assert "\n" not in str(err.value) and str(err.value).endswith(TRUNCATED_HINT)
+
+
+def test_loading_a_checkpoint_patches_nothing_global(tmp_path):
+    """Neither the tools' load_model nor fairseq's own loader (through the task's setup_task) swaps fairseq's
+    PathManager or sys.excepthook: only training installs the atomic copies (MuseformerLMTask.begin_epoch)."""
+    from test_sample import make_checkpoint, make_data_dir
+
+    data = make_data_dir(tmp_path / "data")
+    ckpt = make_checkpoint(data, tmp_path / "ckpt.pt")
+    code = (
+        "import sys\n"
+        "from fairseq import checkpoint_utils\n"
+        "before = (checkpoint_utils.PathManager, sys.excepthook)\n"
+        "from museformer_tools.checkpoint import load_model\n"
+        f"load_model({str(ckpt)!r}, {str(data)!r})\n"
+        f"checkpoint_utils.load_model_ensemble_and_task([{str(ckpt)!r}], arg_overrides={{'data': {str(data)!r}}})\n"
+        "print(checkpoint_utils.PathManager is before[0], sys.excepthook is before[1])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["True", "True"], proc.stdout + proc.stderr[-2000:]

@@ -82,7 +82,7 @@ def test_equals_fairseq_validate(trained):
     """Same number as the paper's command, fairseq-validate --truncate-test L (one song per batch there)."""
     data, checkpoint = trained
     L = 96
-    ours = eval_ppl.evaluate(str(checkpoint), str(data), "test", [L], cpu=True)[L]
+    ours = eval_ppl.evaluate(str(checkpoint), str(data), "test", [L], device="cpu")[L]
     # --required-batch-size-multiple 1: with fairseq's default (8) fairseq-fixed's batch_by_size drops the last
     # partial batch, so fairseq-validate would silently score fewer songs.
     proc = subprocess.run(
@@ -109,3 +109,15 @@ def test_clear_errors(tmp_path, capsys, trained):
     assert "museformer-prep all" in capsys.readouterr().err
     assert eval_ppl.main([str(checkpoint), "--data", str(data), "--lengths", "10,-3"]) == 2
     assert "--lengths expects positive integers" in capsys.readouterr().err
+
+
+def test_device_and_dtype_flags_and_their_old_aliases():
+    """One convention with museformer-sample: --device auto|cpu|cuda (default auto) and --dtype; --cpu, --fp16 and
+    --bf16 still parse for one release."""
+    parse = eval_ppl.build_parser().parse_args
+    args = parse(["ckpt.pt", "--data", "d"])
+    assert (args.device, args.dtype, args.max_tokens) == ("auto", "fp32", None)
+    assert (parse(["c", "--data", "d", "--cpu", "--bf16"]).device, parse(["c", "--data", "d", "--bf16"]).dtype) == \
+        ("cpu", "bf16")
+    assert vars(parse(["c", "--data", "d", "--fp16", "--device", "cuda"]))["dtype"] == "fp16"
+    assert parse(["c", "--data", "d", "--device", "cpu", "--dtype", "bf16"]).dtype == "bf16"

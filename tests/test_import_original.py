@@ -295,6 +295,25 @@ def test_a_later_fairseqs_cfg_checkpoint_imports_the_same(imported, tmp_path):
     assert all(torch.equal(ours["model"][k], v) for k, v in reference["model"].items())
 
 
+def test_sample_the_imported_checkpoint_without_a_data_dir(tmp_path, capsys):
+    """The imported checkpoint carries its dictionary and (with --tokenizer) the tokenizer settings."""
+    from data_prep.config import TokenizerConfig
+    from museformer_tools import sample
+
+    paper = TokenizerConfig(instruments="lmd6", normalize_pitch=True, remove_empty_bars=True, ignore_ts=True)
+    (tmp_path / "tokenizer.json").write_text(json.dumps(paper.to_dict()))
+    ckpt = tmp_path / "with_tokenizer.pt"
+    assert import_original.main([str(FIXTURE / "checkpoint_original.pt"), "--dict", str(FIXTURE / "dict.txt"),
+                                 "--out", str(ckpt), "--tokenizer", str(tmp_path)]) == 0
+    assert '"instruments": "lmd6"' in capsys.readouterr().out  # the summary names the carried settings
+    out = tmp_path / "samples"
+    assert sample.main([str(ckpt), "--out", str(out), "--max-length", "120", "--device", "cpu", "--threads",
+                        "1"]) == 0
+    tokens = (out / "sample_000.txt").read_text().split()
+    assert len(tokens) == 120 and (out / "sample_000.mid").is_file()
+    assert set(tokens) <= set(line.split()[0] for line in (FIXTURE / "dict.txt").read_text().splitlines())
+
+
 # ------------------------------------------------------------------------------------------------- bad input
 class RunsCodeWhenUnpickled:
     """An object whose unpickling would write a file: a safe loader must refuse it before running anything."""

@@ -240,7 +240,7 @@ def test_finished_pieces_leave_the_batch(setups):
     pieces = sample_batch(model, task, [], gens, args, grammar)
     bar = task.dictionary.index("b-1")
     # calls a piece took part in: one per sampled token, plus the draw of </s> when it ended on its own
-    calls = [len(p) + (len(p) < args.max_tokens and p.count(bar) < args.max_bars) for p in pieces]
+    calls = [len(p) + (len(p) < args.max_length and p.count(bar) < args.max_bars) for p in pieces]
     assert rows == [sum(c > step for c in calls) for step in range(max(calls))]
     assert rows[0] == 8 and rows[-1] < 8 and len(orders) >= 2, (rows, orders)
     assert sum(rows) < 8 * len(rows), "batch-8 work must shrink as pieces finish"

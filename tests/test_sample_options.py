@@ -227,3 +227,13 @@ def test_argument_error_exit_status_from_the_console_script(valid_inputs, tmp_pa
     proc = subprocess.run([sys.executable, "-m", "museformer_tools.sample", str(ckpt), "--data", str(data),
                            "--out", str(tmp_path / "o"), "--top-p", "2"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == "museformer-sample: error: --top-p must be in (0, 1], got 2.0"
+
+
+def test_piece_length_flag_and_its_old_name():
+    """--max-length is the piece length (fairseq's --max-tokens is tokens per batch); --max-tokens still parses
+    for one release, and messages name the flag that was typed."""
+    parse = build_parser().parse_args
+    new, old = parse(["c", "--out", "o", "--max-length", "7"]), parse(["c", "--out", "o", "--max-tokens", "9"])
+    assert (new.max_length, new.max_length_flag) == (7, "--max-length")
+    assert (old.max_length, old.max_length_flag) == (9, "--max-tokens")
+    assert parse(["c", "--out", "o"]).max_length == 20480 and parse(["c", "--out", "o"]).device == "auto"

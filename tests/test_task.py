@@ -105,3 +105,27 @@ def test_fairseq_train_cli(data_dir, tmp_path):
     assert "Traceback" not in proc.stderr and "AssertionError" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "subset 'valid'" in errors[0] and "--truncate-valid N" in errors[0], proc.stderr
+
+
+def test_fairseq_cli_main_prints_our_input_errors_as_one_line(capsys):
+    """The wrapper the plugin puts on a running fairseq CLI's main: one line and exit 2 for our input errors, other
+    errors unchanged, and it pickles as the CLI's own main (fairseq's multi-GPU spawn pickles main)."""
+    import pickle
+
+    import fairseq_cli.validate
+
+    from museformer_plugin.cli_errors import OneLineErrors
+
+    def main(cfg):
+        if cfg == "bad input":
+            raise MuseformerInputError("--truncate-valid 9 is too long")
+        raise KeyError(cfg)
+
+    wrapped = OneLineErrors("fairseq_cli.validate", main)
+    with pytest.raises(SystemExit) as exit_info:
+        wrapped("bad input")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.endswith(": error: --truncate-valid 9 is too long\n")
+    with pytest.raises(KeyError):
+        wrapped("another error")
+    assert pickle.loads(pickle.dumps(wrapped)) is fairseq_cli.validate.main

@@ -18,6 +18,8 @@ require_fairseq()
 from lm_data import REPO_ROOT, make_data_bin  # noqa: E402
 
 USER_DIR = str(REPO_ROOT / "museformer_plugin")
+# the tokenizer settings of lm_data's dictionary (REMIGEN2, lmd6 instruments, no s- tokens)
+SMOKE_TOKENIZER = {"encoding": "remigen2", "instruments": "lmd6", "ignore_ts": True}
 
 
 def fairseq_cli(name: str, *args, cwd) -> str:
@@ -61,6 +63,8 @@ def train_args(data_dir, save_dir, max_update):
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("smoke")
     data_dir = make_data_bin(tmp, num_songs=40, seed=0)
+    # museformer-prep writes the tokenizer settings beside dict.txt; the checkpoints carry both (see the last test)
+    (data_dir / "tokenizer.json").write_text(json.dumps(SMOKE_TOKENIZER), encoding="utf-8")
     save_dir = tmp / "ckpt"
     log = fairseq_cli("train", *train_args(data_dir, save_dir, 30), cwd=tmp)
     return tmp, data_dir, save_dir, log
@@ -140,3 +144,47 @@ def test_resume_continues(trained):
     assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 30 updates\)", log), log[-3000:]
     updates = [float(r["train_num_updates"]) for r in json_records(log) if "train_num_updates" in r]
     assert updates and updates[-1] == 36
+
+
+def test_checkpoint_carries_dictionary_and_tokenizer(trained):
+    """fairseq saves the task's state_dict() as task_state: dict.txt's text and tokenizer.json's contents."""
+    import torch
+    from fairseq.data import Dictionary
+
+    from museformer_tools.checkpoint import dictionary_from_checkpoint, tokenizer_config_from_checkpoint
+
+    _, data_dir, save_dir, _ = trained
+    state = torch.load(save_dir / "checkpoint_best.pt", weights_only=True, map_location="cpu")
+    task_state = state["task_state"]
+    assert isinstance(task_state["dictionary"], str) and task_state["tokenizer"] == SMOKE_TOKENIZER
+    on_disk = Dictionary.load(str(data_dir / "dict.txt"))
+    assert dictionary_from_checkpoint(state).symbols == on_disk.symbols
+    assert dictionary_from_checkpoint(state).count == on_disk.count
+    assert tokenizer_config_from_checkpoint(state) == SMOKE_TOKENIZER
+    del state["task_state"]  # a checkpoint of an older version
+    assert dictionary_from_checkpoint(state) is None and tokenizer_config_from_checkpoint(state) is None
+
+
+def test_sample_needs_no_data_dir(trained, tmp_path):
+    """museformer-sample CKPT --out DIR on a checkpoint written by fairseq-train, with its data dir gone."""
+    _, data_dir, save_dir, _ = trained
+    script = Path(sys.executable).parent / "museformer-sample"
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "museformer_tools.sample"]
+    hidden = data_dir.with_name(data_dir.name + "-hidden")
+    data_dir.rename(hidden)  # the checkpoint's cfg still names data_dir: nothing may read it
+    try:
+        proc = subprocess.run(cmd + [str(save_dir / "checkpoint_best.pt"), "--out", str(tmp_path / "out"),
+                                     "--num-samples", "2", "--max-tokens", "60", "--seed", "3"],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                              env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"))
+    finally:
+        hidden.rename(data_dir)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "note:" not in proc.stderr, "the tokenizer config must come from the checkpoint"
+    from data_prep.config import TokenizerConfig
+    from data_prep.grammar import count_errors
+
+    for k in range(2):
+        tokens = (tmp_path / "out" / f"sample_{k:03d}.txt").read_text(encoding="utf-8").split()
+        assert (tmp_path / "out" / f"sample_{k:03d}.mid").is_file() and 1 <= len(tokens) <= 60
+        assert count_errors(tokens, TokenizerConfig.from_dict(SMOKE_TOKENIZER)) == 0  # grammar mask with the config
