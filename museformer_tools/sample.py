@@ -39,6 +39,7 @@ EPILOG = """examples:
       --prompt-midi song.mid --prompt-bars 8 --max-bars 64 --seed 1
   museformer-sample ckpt.pt --data data-bin/lmd6remi --out ctrl --num-samples 8 --batch-size 8 \\
       --instruments 0,25,33,128 --time-signature 3/4 --tempo 120 --bars 16 --dtype bf16
+  museformer-sample ckpt.pt --out samples --num-samples 4 --report samples_report  # + samples_report/index.html
 
 The original sampled with top-k 8, temperature 1.0, at least 1,024 and at most 20,480 tokens
 (pass --min-tokens 1024 to match it) and without a grammar mask (pass --no-grammar-mask to match it).
@@ -109,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--analyze", action="store_true",
                    help="also write each sample's piano roll as sample_NNN.png beside its MIDI "
                    "(as `museformer-analyze pianoroll`; needs matplotlib)")
+    p.add_argument("--report", metavar="DIR",
+                   help="also write DIR/index.html for this run's pieces: piano rolls, similarity heatmaps, audio, "
+                   "bars, grammar errors, L_t (as `museformer-analyze report`; needs matplotlib, and FluidSynth "
+                   "for the audio; DIR must not be inside --out) (default: no report)")
     return p
 
 
@@ -156,6 +161,20 @@ def check_args(args) -> None:
         raise SampleError(f"checkpoint {args.checkpoint} does not exist")
     if args.prompt_midi is not None and not Path(args.prompt_midi).is_file():
         raise SampleError(f"--prompt-midi {args.prompt_midi} does not exist")
+    if args.report is not None:
+        check_report_dir(args.report, args.out)
+
+
+def check_report_dir(report_dir: str, out_dir: str) -> None:
+    """--report: say before sampling what would stop the report afterwards."""
+    import importlib.util
+
+    out, report = Path(out_dir).resolve(), Path(report_dir).resolve()
+    if report == out or out in report.parents:
+        raise SampleError(f"--report {report_dir} is inside --out {out_dir}: the report's copies of the pieces would "
+                          f"be read as pieces when {out_dir} is analysed; write it beside (e.g. {out.name}_report)")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise SampleError("--report needs matplotlib for its pictures: pip install matplotlib (or `make install`)")
 
 
 def load_tokenizer_config(data_dir: Optional[str], state: dict, checkpoint: str):
@@ -279,6 +298,7 @@ def _run(args, state: dict, tok_cfg) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     new_total = args.num_samples * (args.max_length - len(prompt))
     written, tokens_total, grammar_errors, skips = 0, 0, 0, Counter()
+    midi_paths: List[str] = []
     start = time.perf_counter()
     with tqdm(total=new_total, desc=f"sampling into {out_dir}", unit="tok", disable=None) as bar:
         for first in range(0, args.num_samples, args.batch_size):
@@ -291,6 +311,7 @@ def _run(args, state: dict, tok_cfg) -> int:
                 Path(f"{name}.txt").write_text(" ".join(tokens) + "\n", encoding="utf-8")
                 result = decode_tokens(tokens, tok_cfg)
                 result.midi.dump(f"{name}.mid")
+                midi_paths.append(f"{name}.mid")
                 if args.analyze:
                     write_pianoroll(f"{name}.mid", tok_cfg.positions_per_beat)
                 written += 1
@@ -309,7 +330,23 @@ def _run(args, state: dict, tok_cfg) -> int:
     skip_text = ", ".join(f"{r} {c}" for r, c in skips.most_common()) or "none"
     print(f"{mask_text}; grammar errors: {grammar_errors}; tokens skipped by the MIDI decoder: "
           f"{sum(skips.values())} ({skip_text})")
+    if args.report is not None and midi_paths:
+        write_run_report(args.report, midi_paths, tok_cfg.positions_per_beat, f"museformer-sample into {out_dir}")
     return 0 if written else 1
+
+
+def write_run_report(report_dir: str, midi_paths: List[str], positions_per_beat: int, title: str) -> None:
+    """--report: `museformer-analyze report` on this run's pieces (their x.txt token files give the grammar
+    errors). Pieces without notes cannot be drawn: then a line says so, as --analyze does, and sampling still
+    counts as done."""
+    from museformer_analysis.report import NothingToReport, write_report
+
+    try:
+        page = write_report(midi_paths, report_dir, positions_per_beat=positions_per_beat, title=title)
+    except NothingToReport as err:
+        print(f"no report: {err}")
+        return
+    print(f"wrote {page}")
 
 
 def write_pianoroll(midi_path: str, positions_per_beat: int) -> None:

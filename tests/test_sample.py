@@ -195,3 +195,27 @@ def test_analyze_writes_a_piano_roll_beside_each_midi(setup, tmp_path):
     assert rc == 0
     for k in range(2):  # the prompt's notes are in every sample, so every sample has a picture
         assert png_size(out / f"sample_{k:03d}.png") == (PIANOROLL_SIZE[0] * DPI, PIANOROLL_SIZE[1] * DPI)
+
+
+def test_report_writes_the_run_page_with_the_token_files_grammar_errors(setup, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    _, _, prompt_midi, _ = setup
+    out, report = tmp_path / "samples", tmp_path / "samples_report"
+    rc = run_sample(setup, out, "--num-samples", 2, "--prompt-midi", prompt_midi, "--prompt-bars", 2,
+                    "--max-length", 80, "--report", report)
+    assert rc == 0
+    assert f"wrote {report / 'index.html'}" in capsys.readouterr().out
+    html = (report / "index.html").read_text()
+    for k in range(2):  # the prompt's notes are in every sample, so every sample is drawn
+        assert f'src="pieces/sample_{k:03d}.png"' in html and f'src="pieces/sample_{k:03d}.heatmap.png"' in html
+        assert (report / "pieces" / f"sample_{k:03d}.mid").read_bytes() == (out / f"sample_{k:03d}.mid").read_bytes()
+    # grammar errors come from sample_NNN.txt beside each MIDI; the grammar mask keeps them at 0
+    assert html.count("<b>grammar errors:</b> 0 <small>(sample_") == 2
+
+
+def test_report_inside_out_is_refused_before_sampling(setup, tmp_path, capsys):
+    out = tmp_path / "samples"
+    assert run_sample(setup, out, "--report", out / "report") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--report {out / 'report'} is inside --out {out}" in err[0], err
+    assert not out.exists() or not list(out.glob("sample_*"))  # refused before anything was sampled
