@@ -1,4 +1,7 @@
-"""MIDI -> WAV, FLAC or Ogg Vorbis with the FluidSynth program and a General MIDI SoundFont (Debian: fluidsynth, fluid-soundfont-gm)."""
+"""MIDI -> WAV, FLAC or Ogg Vorbis with the FluidSynth program and a General MIDI SoundFont.
+
+Debian/Ubuntu: apt-get install fluidsynth fluid-soundfont-gm.
+"""
 from __future__ import annotations
 
 import os
