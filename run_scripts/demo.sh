@@ -104,7 +104,7 @@ if compgen -G "$OUT/samples/*.mid" >/dev/null; then
   rm -rf "$OUT/report"
   run "${analyze[@]}" report "$OUT/samples" --reference "$OUT/analysis/train_stats.json" \
     --reference-label "training corpus" --ppl "$OUT/ppl.json" \
-    --title "make demo: $NUM_SAMPLES sample(s) of $ARCH after $TRAIN_MINUTES minutes on CPU" --out "$OUT/report"
+    --title "make demo: $ARCH after $TRAIN_MINUTES minutes of CPU training" --out "$OUT/report"
 else
   echo "no sampled MIDI in $OUT/samples: nothing to analyse"
 fi
