@@ -20,6 +20,7 @@ METRIC_LABELS = {  # corpus.py's "metrics" keys, in the order shown
     "bars": "bars",
     "notes": "notes",
 }
+MAX_INSTRUMENTS_LISTED = 12  # a 16-track arrangement fits on two lines; more is listed as a count
 STYLE = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto; max-width: 1260px;
        padding: 0 16px 40px; color: #1d1d1f; background: #fff; }
@@ -130,11 +131,19 @@ def _audio(piece: PieceReport, mime: str) -> str:
     return f'<p class="note">No audio: {escape(piece.audio_problem or "")}</p>'
 
 
+def _instruments(labels: list[str]) -> str:
+    """All of them, or the first MAX_INSTRUMENTS_LISTED and how many more (an untrained model may use 100)."""
+    if len(labels) <= MAX_INSTRUMENTS_LISTED:
+        return ", ".join(labels)
+    shown = ", ".join(labels[:MAX_INSTRUMENTS_LISTED])
+    return f"{shown} and {len(labels) - MAX_INSTRUMENTS_LISTED} more ({len(labels)} in all)"
+
+
 def _piece_section(piece: PieceReport, mime: str) -> str:
     grammar = ("&ndash;" if piece.grammar_errors is None else str(piece.grammar_errors))
     facts = [
         ("bars", str(piece.bars)), ("notes", f"{piece.notes:,}"),
-        ("instruments", escape(", ".join(piece.instruments))), ("tempo", escape(piece.tempo)),
+        ("instruments", escape(_instruments(piece.instruments))), ("tempo", escape(piece.tempo)),
         ("time signature", escape(piece.time_signature)),
         ("grammar errors", f'{grammar} <small>({escape(piece.grammar_source)})</small>'),
     ]

@@ -208,3 +208,13 @@ def test_nothing_to_analyse_exits_1(tmp_path, capsys):
     (tmp_path / "empty.mid").write_bytes(b"")
     assert main(["report", str(tmp_path / "empty.mid"), "--out", str(tmp_path / "out")]) == 1
     assert "could be analysed" in capsys.readouterr().err
+
+
+def test_a_long_instrument_list_is_cut_to_a_count(tmp_path):
+    # an untrained model's sample may use a hundred programs; the page lists 12 and counts the rest
+    tracks = [(program, False, [(0, 480, 60, 90)]) for program in range(20)]
+    make_midi(tmp_path / "many.mid", tracks)
+    assert main(["report", str(tmp_path / "many.mid"), "--out", str(tmp_path / "report")]) == 0
+    text = page_text(tmp_path / "report" / "index.html")
+    assert "instruments: piano (0), piano (1), " in text and "chromatic perc. (11) and 8 more (20 in all)" in text
+    assert "(12)" not in text
