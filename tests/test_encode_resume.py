@@ -17,6 +17,7 @@ import pytest
 from data_prep.cli import main
 from data_prep.encode_manifest import JOURNAL_NAME
 from midi_factory import make_song
+from needs import FAIRSEQ_REASON, has_fairseq
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,3 +154,14 @@ def test_a_killed_run_resumes_to_the_same_outputs_as_one_clean_run(tmp_path):
     assert main(["encode", str(midi_dir), str(clean), "--workers", "1"]) == 0
     assert tree_bytes(killed) == tree_bytes(clean), "the token files and the manifest must equal one uninterrupted " \
         "run's, byte for byte (and no temporary file may be left)"
+
+
+@pytest.mark.skipif(not has_fairseq(), reason=FAIRSEQ_REASON)
+def test_all_resumes_its_encode_step(midi_dir, tmp_path, capsys):
+    data_bin = tmp_path / "data-bin"
+    assert main(["all", str(midi_dir), str(data_bin), "--workers", "1", "--instruments", "lmd6"]) == 0
+    capsys.readouterr()
+    assert main(["all", str(midi_dir), str(data_bin), "--workers", "1"]) == 0  # the folder's settings are kept
+    out = capsys.readouterr().out
+    assert "skipped 4 already encoded" in out and "binarised" in out
+    assert json.loads((data_bin / "tokenizer.json").read_text())["instruments"] == "lmd6"
