@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import IMPLS, FineCoarseAttention
 from .bar_layout import (SCHEME_PRESETS, BarLayout, BarScheme, bar_index, build_beat_lut, compute_bar_ids,
-                         compute_beat_ids)
+                         compute_beat_ids, count_complete_bars)
 from .incremental import forward_incremental, reorder
 
 ATTENTION_IMPL_CHOICES = ChoiceEnum(list(IMPLS))
@@ -176,9 +176,9 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         return bar_ids, compute_beat_ids(src_tokens, self.beat_lut)
 
     def build_layout(self, src_tokens: torch.Tensor, bar_ids: torch.Tensor) -> BarLayout:
-        """BarLayout for a batch: complete bars = ``b-1`` tokens after the prefix (each closes one bar)."""
-        num_complete = (src_tokens.eq(self.bar_token) & bar_ids.gt(0)).sum(dim=1)
-        return BarLayout(bar_ids, num_complete)
+        """BarLayout for a batch of ``src_tokens`` (B, T) whose bar ids (B, T) are given (by the dataset or
+        ``layout_ids``)."""
+        return BarLayout(bar_ids, count_complete_bars(src_tokens, bar_ids, self.bar_token))
 
     def forward(
         self,
