@@ -199,7 +199,7 @@ def _summarise(layer, state, i: int, s: int, h, own_start: int, own_end: int, sl
     k2, v2 = attn.summary_kv(z)  # (1, H, 1, D) each
     state[f"s_k{i}"][s, :, slot] = k2[0, :, 0].to(state[f"s_k{i}"].dtype)
     state[f"s_v{i}"][s, :, slot] = v2[0, :, 0].to(state[f"s_v{i}"].dtype)
-    return layer.ffn(h + layer.dropout(attn.out_proj(z)))
+    return layer.residual(h, attn.out_proj(z))
 
 
 def _sinusoids(aux, decoder, dim: int, ids: List[int]) -> torch.Tensor:
@@ -275,8 +275,7 @@ def _step(decoder, state, aux, tokens: torch.Tensor) -> torch.Tensor:
             h_sum[s] = _summarise(layer, state, i, s, h_sum[s], rows[s][OWN_START], wlen[s] + 1,
                                   bars[s] - 1, qkv_w)
         out = attend_window(q, wk[:, :, :need_w], wv[:, :, :need_w], lengths)  # (B, H, 1, D)
-        x = x + layer.dropout(attn.out_proj(out.transpose(1, 2).reshape(B, 1, C)))
-        x = layer.ffn(x)
+        x = layer.residual(x, attn.out_proj(out.transpose(1, 2).reshape(B, 1, C)))  # (B, 1, C)
     feats = decoder.final_norm(x)[:, 0]  # (B, C)
 
     # Commit the step for active samples only; inactive (pad) samples keep their state and last output.
