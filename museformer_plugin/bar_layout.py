@@ -193,6 +193,14 @@ class BarLayout:
         """Summary slots per sample in this batch: the largest number of complete bars."""
         return int(self.num_complete_bars.max()) if self.num_complete_bars.numel() else 0
 
+    def cached(self, key, build):
+        """``self.cache[key]``, built by ``build()`` on first use (a block plan or mask depends on the layout only,
+        so all layers of a forward pass, and its recomputation, share one)."""
+        value = self.cache.get(key)
+        if value is None:
+            value = self.cache[key] = build()
+        return value
+
     def summary_valid(self, num_slots: Optional[int] = None) -> torch.Tensor:
         """Bool (B, S): slot j holds a real summary (bar j + 1 is complete)."""
         s = self.num_summary_slots if num_slots is None else num_slots

@@ -11,7 +11,7 @@ import random
 import pytest
 import torch
 
-from attention_data import BAR, BOS, NOTE, make_layout, make_song, qkv, random_batch
+from attention_data import BAR, BOS, NOTE, layout_from_tokens, make_layout, make_song, qkv, random_batch
 from museformer_plugin.attention import FineCoarseAttention, get_backend, resolve_impl
 from museformer_plugin.attention import dense, flex
 from museformer_plugin.bar_layout import BarLayout, BarScheme, dense_masks
@@ -139,7 +139,7 @@ def test_block_mask_memory_is_tiny_at_16k():
     while len(toks) < 16384:
         toks += [NOTE] * rng.randint(100, 160) + [BAR]
     toks = toks[:16384]
-    layout = BarLayout.from_tokens(torch.tensor([toks]), BAR, 1)
+    layout = layout_from_tokens(torch.tensor([toks]), BAR, 1)
     scheme = BarScheme.from_args("museformer")
     S = layout.num_summary_slots
     reg = flex.regular_block_mask(layout, scheme, S)

@@ -39,7 +39,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from ..bar_layout import PAD_BAR, BarLayout, BarScheme, bar_spans
-from .common import head_scale, softmax_dtype
+from .common import head_scale, no_summaries, softmax_dtype
 
 HAS_DROPOUT = True
 
@@ -129,13 +129,6 @@ def _make_plan(q_rows, q_pos, a_rows, b_rows, b_thr, num_query_rows):
         q_len=q_len[perm].tolist(), a_lens=a_len[perm].tolist(), b_lens=b_len[perm].tolist())
 
 
-def _cached(layout: BarLayout, key, build):
-    plan = layout.cache.get(key)
-    if plan is None:
-        plan = layout.cache[key] = build()
-    return plan
-
-
 def plan_bar_blocks(layout: BarLayout, scheme: BarScheme, num_queries: int, num_slots: int,
                     block_size: int) -> BlockPlan:
     """The query blocks and key lists of one aggregation call (see the module docstring).
@@ -147,7 +140,7 @@ def plan_bar_blocks(layout: BarLayout, scheme: BarScheme, num_queries: int, num_
     if block_size < 1:
         raise ValueError(f"block_size must be at least 1 (tokens per query block), got {block_size}")
     key = ("aggregation", scheme, num_queries, num_slots, block_size)
-    return _cached(layout, key, lambda: _plan_bar_blocks(layout, scheme, num_queries, num_slots, block_size))
+    return layout.cached(key, lambda: _plan_bar_blocks(layout, scheme, num_queries, num_slots, block_size))
 
 
 def _plan_bar_blocks(layout, scheme, num_queries, num_slots, block_size):
@@ -220,7 +213,7 @@ def plan_summary_blocks(layout: BarLayout, num_slots: int) -> BlockPlan:
     """The summarisation as blocks: one block per summary slot (query row ``b * S + j``), whose keys are its own
     summary key (stream A, row ``b * S + j``) and every token of its bar (stream B, rows ``b * T + t``); a slot
     without a complete bar (batch padding) sees only itself. Cached on ``layout``."""
-    return _cached(layout, ("summarisation", num_slots), lambda: _plan_summary_blocks(layout, num_slots))
+    return layout.cached(("summarisation", num_slots), lambda: _plan_summary_blocks(layout, num_slots))
 
 
 def _plan_summary_blocks(layout, num_slots):
@@ -503,8 +496,8 @@ def attend_summaries(q_sum, k_sum, v_sum, k_reg, v_reg, layout: BarLayout, dropo
     (each summary is one block: its own key and exactly its bar); ``fused`` as in ``attend_regular_sparse``.
     """
     B, H, S, D = q_sum.shape
-    if S == 0:  # no complete bar in the batch; keep the (empty) result attached to the inputs for autograd
-        return q_sum * 0 + k_sum * 0 + v_sum * 0
+    if S == 0:
+        return no_summaries(q_sum, k_sum, v_sum)
     plan = plan_summary_blocks(layout, S)
     z = _attend_blocks(q_sum, k_sum, v_sum, k_reg, v_reg, plan, dropout_p, training, fused)
     return z.view(B, S, H, D).transpose(1, 2)
