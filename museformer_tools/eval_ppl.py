@@ -47,12 +47,10 @@ def parse_lengths(text: str) -> List[int]:
 
 
 def check_inputs(checkpoint: str, data: str, split: str) -> None:
-    """FileNotFoundError with the fix when the checkpoint, the data dir or the split is missing."""
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(
-            f"checkpoint {checkpoint} not found; train one with run_scripts/train.sh (it writes "
-            "SAVE_DIR/checkpoint_best.pt and checkpoint_last.pt)"
-        )
+    """CheckpointError / FileNotFoundError with the fix when the checkpoint, the data dir or the split is missing."""
+    from .checkpoint import require_checkpoint_file
+
+    require_checkpoint_file(checkpoint)
     if not os.path.isdir(data):
         raise FileNotFoundError(f"data directory {data!r} not found; build it with `museformer-prep all MIDI_DIR {data}`")
     if not os.path.isfile(os.path.join(data, "dict.txt")):
@@ -85,7 +83,6 @@ def evaluate(checkpoint: str, data: str, split: str = "test", lengths: Sequence[
     if split not in SPLITS:
         raise ValueError(f"--split must be one of {', '.join(SPLITS)} (the task's --truncate-* flags); got {split!r}")
     check_inputs(checkpoint, data, split)
-    import torch
     from fairseq import utils
 
     from .checkpoint import load_model, read_checkpoint
