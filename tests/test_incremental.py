@@ -21,7 +21,7 @@ from museformer_plugin.incremental import META_KEY, NUM_COMPLETE, STATE_KEY, for
 ATOL = 1e-5
 
 
-# Tiny matmuls: extra OpenMP threads only add contention on a shared CI machine (docs/stack.md).
+# Tiny matmuls: extra OpenMP threads only add contention on a shared CI machine.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

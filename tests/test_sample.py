@@ -29,7 +29,7 @@ TOK_CFG = TokenizerConfig(instruments="lmd6", ignore_ts=True)
 PLUGIN = str(REPO_ROOT / "museformer_plugin")
 
 
-# Tiny matmuls: extra OpenMP threads only add contention on a shared CI machine (docs/stack.md).
+# Tiny matmuls: extra OpenMP threads only add contention on a shared CI machine.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
