@@ -414,16 +414,3 @@ def reorder(decoder, incremental_state, new_order: torch.Tensor):
     for name, value in state.items():
         state[name] = value.index_select(0, new_order.to(value.device))
     decoder.set_incremental_state(incremental_state, STATE_KEY, state)
-
-
-def cache_bytes(decoder, incremental_state) -> int:
-    """Bytes held by the cache (buffers at their current capacity)."""
-    state = decoder.get_incremental_state(incremental_state, STATE_KEY) or {}
-    return sum(t.numel() * t.element_size() for t in state.values())
-
-
-def stored_positions(decoder, incremental_state) -> List[int]:
-    """Per sample: how many positions the store keeps token by token (BOS included); for tests of the lean cache."""
-    state = decoder.get_incremental_state(incremental_state, STATE_KEY)
-    meta = state["meta"]
-    return [1 + max(0, int(r[LENGTH]) - int(r[KEEP_FROM])) if int(r[LENGTH]) else 0 for r in meta]

@@ -226,7 +226,7 @@ def test_lean_cache_stops_growing(task):
     """With the paper's scheme only the BOS, the last 32 bars and the summaries are kept: over 600 tokens of short
     bars (~150 bars) the stored positions stay within the last 33 bars and the store stops growing, while every
     logit still equals the full forward. ``full`` attention keeps every position."""
-    from museformer_plugin.incremental import stored_positions
+    from measure import stored_positions
 
     song = random_song(task, 600, seed=8)
     bar_end = song.eq(task.bar_token).nonzero().flatten().tolist()

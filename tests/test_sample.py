@@ -186,7 +186,8 @@ def test_fairseq_interactive_smoke(setup):
 
 def test_analyze_writes_a_piano_roll_beside_each_midi(setup, tmp_path):
     pytest.importorskip("matplotlib")
-    from museformer_analysis.plots import DPI, PIANOROLL_SIZE, png_size
+    from measure import png_size
+    from museformer_analysis.plots import DPI, PIANOROLL_SIZE
 
     _, _, prompt_midi, _ = setup
     out = tmp_path / "rolls"

@@ -100,17 +100,6 @@ def _ordered(listed: torch.Tensor):
     return num[:, None].contiguous(), idx[:, None].contiguous()
 
 
-def block_mask_nbytes(block_mask) -> int:
-    """Bytes of every tensor a BlockMask holds (block counts and indices, both directions)."""
-    total = 0
-    for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices", "q_num_blocks",
-                 "q_indices", "full_q_num_blocks", "full_q_indices"):
-        t = getattr(block_mask, name, None)
-        if isinstance(t, torch.Tensor):
-            total += t.numel() * t.element_size()
-    return total
-
-
 @dataclass
 class _Tables:
     """Per-batch tables over the padded axes: what the element masks read and the block ranges."""
