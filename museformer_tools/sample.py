@@ -29,6 +29,7 @@ from typing import List, Optional
 import torch
 
 from .checkpoint import CheckpointError, load_model, read_checkpoint, tokenizer_config_from_checkpoint
+from .controls import ControlError
 from .controls import add_arguments as add_control_arguments
 from .device import DTYPES, add_device_arguments, resolve_device
 from .sampling import build_token_mask, piece_generator, sample_batch
@@ -280,11 +281,11 @@ def _run(args, state: dict, tok_cfg) -> int:
     new_total = args.num_samples * (args.max_length - len(prompt))
     written, tokens_total, grammar_errors, skips = 0, 0, 0, Counter()
     start = time.perf_counter()
-    with tqdm(total=new_total, desc=f"sampling into {out_dir}", unit="tok", disable=None) as bar:
+    with tqdm(total=new_total, desc=f"sampling into {out_dir}", unit="tok", disable=None) as progress:
         for first in range(0, args.num_samples, args.batch_size):
             n = min(args.batch_size, args.num_samples - first)
             generators = [piece_generator(args.seed, first + k) for k in range(n)]
-            pieces = sample_batch(model, task, prompt, generators, args, token_mask, bar)
+            pieces = sample_batch(model, task, prompt, generators, args, token_mask, progress)
             for k, ids in enumerate(pieces):
                 tokens = [d[i] for i in ids]
                 name = out_dir / f"sample_{first + k:03d}"
@@ -331,7 +332,7 @@ def main(argv=None) -> int:
 
     try:
         return run(args)
-    except (SampleError, CheckpointError, MuseformerInputError) as err:
+    except (SampleError, CheckpointError, ControlError, MuseformerInputError) as err:
         print(f"museformer-sample: error: {err}", file=sys.stderr)
         return 2
 

@@ -33,5 +33,5 @@ def block_mask_nbytes(block_mask) -> int:
 def stored_positions(decoder, incremental_state) -> List[int]:
     """Per sample: how many positions the cached decoder's store keeps token by token (BOS included)."""
     state = decoder.get_incremental_state(incremental_state, STATE_KEY)
-    meta = state["meta"]
-    return [1 + max(0, int(r[LENGTH]) - int(r[KEEP_FROM])) if int(r[LENGTH]) else 0 for r in meta]
+    book = state["bookkeeping"]
+    return [1 + max(0, int(r[LENGTH]) - int(r[KEEP_FROM])) if int(r[LENGTH]) else 0 for r in book]

@@ -153,28 +153,28 @@ def _plan_bar_blocks(layout, scheme, num_queries, num_slots, block_size):
     q_pos = torch.full((nblk, qmax), NEVER - 1, dtype=torch.long, device=dev)
     q_pos[blk, offset] = q0 + order % Tq
     blk_group = torch.repeat_interleave(torch.arange(B * G, device=dev), npieces)
-    b_sample, b_bar = blk_group // G, blk_group % G  # b_bar == nb + 1: padding queries
-    b_last = q_pos.masked_fill(q_pos.ge(T), -1).amax(-1)  # last query position of each block
+    blk_sample, blk_bar = blk_group // G, blk_group % G  # blk_bar == nb + 1: padding queries
+    blk_last = q_pos.masked_fill(q_pos.ge(T), -1).amax(-1)  # last query position of each block
 
     # 2a. Stream A: the slots of the coarse bars of the block's bar (none for bar 0 / padding), real slots only.
     coarse_rows = torch.zeros(G, S, dtype=torch.bool, device=dev)
     coarse_rows[: nb + 1] = coarse[:, 1 : S + 1]  # slot j <-> bar j + 1
-    slot_ok = torch.arange(S, device=dev)[None, :] < layout.num_complete_bars[b_sample, None]
-    sum_sel = coarse_rows[b_bar] & slot_ok  # (NBLK, S)
+    slot_ok = torch.arange(S, device=dev)[None, :] < layout.num_complete_bars[blk_sample, None]
+    sum_sel = coarse_rows[blk_bar] & slot_ok  # (NBLK, S)
     n_sum = sum_sel.sum(-1)
     amax = int(n_sum.max()) if nblk else 0
     slots = torch.argsort((~sum_sel).to(torch.uint8), dim=-1, stable=True)[:, :amax]  # selected slots first
-    a_rows = torch.where(torch.arange(amax, device=dev)[None, :] < n_sum[:, None], b_sample[:, None] * S + slots,
+    a_rows = torch.where(torch.arange(amax, device=dev)[None, :] < n_sum[:, None], blk_sample[:, None] * S + slots,
                          torch.full_like(slots, -1))
 
     # 2b. Stream B: whole spans of the BOS bar and the fine bars, the own bar up to the block's last query.
     start, end = bar_spans(layout, nb)  # (B, nb + 1)
-    start, end = start[b_sample], end[b_sample]  # (NBLK, nb + 1)
-    own = (ar_bar[None, :] == b_bar[:, None]) & b_bar.le(nb)[:, None] & b_bar.gt(0)[:, None]
+    start, end = start[blk_sample], end[blk_sample]  # (NBLK, nb + 1)
+    own = (ar_bar[None, :] == blk_bar[:, None]) & blk_bar.le(nb)[:, None] & blk_bar.gt(0)[:, None]
     fine_rows = torch.zeros(G, nb + 1, dtype=torch.bool, device=dev)
     fine_rows[: nb + 1] = fine
-    whole = fine_rows[b_bar] | (ar_bar[None, :] == 0)  # (NBLK, nb + 1): seen in full by every query
-    span_end = torch.where(own, torch.minimum(end, b_last[:, None] + 1), end)
+    whole = fine_rows[blk_bar] | (ar_bar[None, :] == 0)  # (NBLK, nb + 1): seen in full by every query
+    span_end = torch.where(own, torch.minimum(end, blk_last[:, None] + 1), end)
     span_len = torch.where(whole | own, (span_end - start).clamp(min=0), torch.zeros_like(start))
     n_reg = span_len.sum(-1)
     bmax = int(n_reg.max()) if nblk else 0
@@ -183,7 +183,7 @@ def _plan_bar_blocks(layout, scheme, num_queries, num_slots, block_size):
     span = torch.searchsorted(cum, o.contiguous(), right=True).clamp(max=nb)  # which bar holds key o
     pos = torch.gather(start, 1, span) + o - (torch.gather(cum, 1, span) - torch.gather(span_len, 1, span))
     real = o < n_reg[:, None]
-    b_rows = torch.where(real, b_sample[:, None] * T + pos, torch.full_like(pos, -1))
+    b_rows = torch.where(real, blk_sample[:, None] * T + pos, torch.full_like(pos, -1))
     b_thr = torch.where(torch.gather(own, 1, span), pos, torch.full_like(pos, ALWAYS))
     b_thr = torch.where(real, b_thr, torch.full_like(b_thr, NEVER))
     return _make_plan(q_rows, q_pos, a_rows, b_rows, b_thr, B * Tq)
