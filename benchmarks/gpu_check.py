@@ -28,8 +28,8 @@ is installed into ``/tmp/gpu_check_fairseq_site`` (wheels first, then the sdists
 ``--no-build-isolation``; the built fairseq wheel is left in OUT, to be carried next time).
 
 Modules: this file (arguments, the run of the parts within their budgets), ``gpu_check_common.py`` (sizes,
-budgets), ``gpu_check_setup.py`` (the fairseq installer), ``gpu_check_parts.py`` (parts a-d),
-``gpu_check_report.py`` (report.md / report.json).
+budgets), ``gpu_check_setup.py`` (the fairseq installer), ``gpu_check_parts.py`` (parts a, b, d),
+``gpu_check_training.py`` (part c), ``gpu_check_report.py`` (report.md / report.json).
 """
 from __future__ import annotations
 
@@ -50,8 +50,9 @@ for _p in (REPO, REPO / "benchmarks", REPO / "tests"):
 
 from gpu_check_common import (  # noqa: E402,F401  (DRY, STATS_PREFIX, PartSkipped: tests/test_gpu_check.py)
     BUDGET_S, DRY, DRY_BUDGET_S, GPU, PARTS, STATS_PREFIX, WRAPPER_FLAG, Budget, PartFailed, PartSkipped, say)
-from gpu_check_parts import (  # noqa: E402,F401  (parse_training, tokens_ratio: tests)
-    fairseq_train_wrapper, parse_training, part_a, part_b, part_c, part_d, tokens_ratio)
+from gpu_check_parts import part_a, part_b, part_d  # noqa: E402
+from gpu_check_training import (  # noqa: E402,F401  (parse_training, tokens_ratio: tests)
+    fairseq_train_wrapper, parse_training, part_c, tokens_ratio)
 from gpu_check_report import header, write_report  # noqa: E402
 from gpu_check_setup import ensure_fairseq, install_plan, use_path  # noqa: E402,F401  (install_plan: tests)
 
