@@ -259,18 +259,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     def encode_opts(p):
         p.add_argument("--reader", choices=("miditoolkit", "symusic"), default="miditoolkit",
-                       help="MIDI reader (symusic is faster; optional extra `fast`)")
+                       help="MIDI reader (symusic is faster; optional extra `fast`) (default: miditoolkit)")
 
     def split_opts(p):
         p.add_argument("--lists", metavar="DIR", help="folder with train.txt, valid.txt, test.txt: one MIDI path per "
-                       "line, relative to the MIDI folder (as the original's data/meta/*.txt)")
+                       "line, relative to the MIDI folder (as the original's data/meta/*.txt) (default: a random split by --ratios)")
         p.add_argument("--ratios", default="8,1,1", help="train,valid,test weights of the random split (default: 8,1,1)")
         p.add_argument("--seed", type=int, default=1, help="seed of the random split (default: 1)")
 
     def binarize_opts(p):
-        p.add_argument("--dict", metavar="PATH", help="use this dict.txt instead of the tokenizer config's vocabulary")
+        p.add_argument("--dict", metavar="PATH", help="use this dict.txt instead of the tokenizer config's vocabulary "
+                       "(default: the config's complete vocabulary)")
         p.add_argument("--allow-unk", action="store_true", help="map tokens missing from the dict to <unk> "
-                       "instead of failing")
+                       "instead of failing (default: fail)")
 
     p = sub.add_parser("encode", help="MIDI files -> one token file each (+ manifest.json)", formatter_class=fmt,
                        description="Encode every *.mid/*.midi under IN_DIR to OUT_DIR/<same path>.txt (one line of "
@@ -334,8 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", choices=("bach", "polyphonic", "all"), default="bach",
                    help="bach: ~410 chorales (default, about a minute on 2 cores); polyphonic: ~1,900 multi-part "
                         "pieces; all: also ~13,000 folk tunes")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N source files (sorted)")
-    p.add_argument("--overwrite", action="store_true", help="rewrite MIDI files that already exist")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N source files (sorted) (default: all)")
+    p.add_argument("--overwrite", action="store_true", help="rewrite MIDI files that already exist (default: keep them)")
     workers(p)
     p.set_defaults(func=cmd_corpus)
     return parser

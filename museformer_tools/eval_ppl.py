@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("checkpoint", help="checkpoint .pt written by fairseq-train (run_scripts/train.sh)")
-    parser.add_argument("--data", required=True, help="binarised data dir (dict.txt, SPLIT.bin/.idx)")
+    parser.add_argument("--data", required=True, help="binarised data dir (dict.txt, SPLIT.bin/.idx) (required)")
     parser.add_argument("--split", default="test", choices=SPLITS, help="split to score (default: test)")
     parser.add_argument("--lengths", default=",".join(map(str, PAPER_LENGTHS)),
                         help="comma-separated truncation lengths in tokens (default: the paper's 1024,5120,10240)")

@@ -74,9 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data directory with the training dict.txt (and tokenizer.json) from museformer-prep "
                    "(default: the dictionary and tokenizer config saved in the checkpoint; needed only for "
                    "checkpoints written before checkpoints kept them)")
-    p.add_argument("--out", required=True, help="output folder for sample_NNN.mid / sample_NNN.txt")
+    p.add_argument("--out", required=True, help="output folder for sample_NNN.mid / sample_NNN.txt (required)")
     p.add_argument("--num-samples", type=int, default=1, help="number of pieces to generate (default: 1)")
-    p.add_argument("--prompt-midi", help="continue this MIDI file (encoded with the data dir's tokenizer.json)")
+    p.add_argument("--prompt-midi", help="continue this MIDI file (encoded with the tokenizer config of --data or the "
+                   "checkpoint) (default: no prompt)")
     p.add_argument("--prompt-bars", type=int, default=4,
                    help="with --prompt-midi: how many of its first bars form the prompt (default: 4)")
     p.add_argument("--max-bars", type=int, default=None,
@@ -109,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                        f"here {default_threads()})")
     p.add_argument("--analyze", action="store_true",
                    help="also write each sample's piano roll as sample_NNN.png beside its MIDI "
-                   "(as `museformer-analyze pianoroll`; needs matplotlib)")
+                   "(as `museformer-analyze pianoroll`; needs matplotlib) (default: off)")
     return p
 
 
