@@ -1,12 +1,12 @@
 """museformer-plugin: Museformer (NeurIPS 2022) as a fairseq --user-dir plugin, with its MIDI tokenizer.
 
 fairseq itself is NOT listed in install_requires: install `fairseq-fixed==0.12.3.1` with
-`--no-deps --no-build-isolation` after torch (see README, "Set-up", or simply run `make install`).
+`--no-deps --no-build-isolation` after torch (see README, "Quick start", or simply run `make install`).
 Listing it here would make pip resolve its torchaudio requirement, which replaces torch with a CUDA build.
 """
 from setuptools import find_packages, setup
 
-# fairseq-fixed's real runtime needs (it is installed with --no-deps), see docs/install.md.
+# fairseq-fixed's real runtime needs (it is installed with --no-deps), see README, "Quick start".
 FAIRSEQ_NEEDS = [
     "cffi",
     "cython",

@@ -16,7 +16,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import split as split_mod
-from .encode import DEFAULT_FILE_TIMEOUT, DEFAULT_READER, MIDI_SUFFIXES
+from .constants import MIDI_SUFFIXES
+from .encode import DEFAULT_FILE_TIMEOUT, DEFAULT_READER
 from .midi_io import READERS
 from .split import CONFIG_NAME, MANIFEST_NAME, SPLITS
 
@@ -285,20 +286,22 @@ def build_parser() -> argparse.ArgumentParser:
                             f"0 = no limit) (default: {DEFAULT_FILE_TIMEOUT:g})")
         p.add_argument("--overwrite", action="store_true",
                        help="encode every file again, with the given settings; without it a second run on the same "
-                            "output folder skips the files already encoded with the same tokenizer settings")
+                            "output folder skips the files already encoded with the same tokenizer settings "
+                            "(default: off)")
         p.add_argument("--retry-failed", action="store_true",
-                       help="when resuming, also try again the files that failed in an earlier run")
+                       help="when resuming, also try again the files that failed in an earlier run (default: off)")
 
     def split_opts(p):
         p.add_argument("--lists", metavar="DIR", help="folder with train.txt, valid.txt, test.txt: one MIDI path per "
-                       "line, relative to the MIDI folder (as the original's data/meta/*.txt)")
+                       "line, relative to the MIDI folder (as the original's data/meta/*.txt) (default: a random split by --ratios)")
         p.add_argument("--ratios", default="8,1,1", help="train,valid,test weights of the random split (default: 8,1,1)")
         p.add_argument("--seed", type=int, default=1, help="seed of the random split (default: 1)")
 
     def binarize_opts(p):
-        p.add_argument("--dict", metavar="PATH", help="use this dict.txt instead of the tokenizer config's vocabulary")
+        p.add_argument("--dict", metavar="PATH", help="use this dict.txt instead of the tokenizer config's vocabulary "
+                       "(default: the config's complete vocabulary)")
         p.add_argument("--allow-unk", action="store_true", help="map tokens missing from the dict to <unk> "
-                       "instead of failing")
+                       "instead of failing (default: fail)")
 
     p = sub.add_parser("encode", help="MIDI files -> one token file each (+ manifest.json)", formatter_class=fmt,
                        description="Encode every *.mid/*.midi under IN_DIR to OUT_DIR/<same path>.txt (one line of "
@@ -362,8 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", choices=("bach", "polyphonic", "all"), default="bach",
                    help="bach: ~410 chorales (default, about a minute on 2 cores); polyphonic: ~1,900 multi-part "
                         "pieces; all: also ~13,000 folk tunes")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N source files (sorted)")
-    p.add_argument("--overwrite", action="store_true", help="rewrite MIDI files that already exist")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N source files (sorted) (default: all)")
+    p.add_argument("--overwrite", action="store_true", help="rewrite MIDI files that already exist (default: keep them)")
     workers(p)
     p.set_defaults(func=cmd_corpus)
     return parser

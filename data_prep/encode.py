@@ -23,11 +23,11 @@ from typing import Dict, List, Optional
 from tqdm import tqdm
 
 from . import encode_manifest
+from .constants import MIDI_SUFFIXES
 from .midi_io import READERS
 from .split import TOKEN_SUFFIX
 from .timeout_pool import CRASHED, TIMEOUT, imap_bounded
 
-MIDI_SUFFIXES = (".mid", ".midi")
 DEFAULT_READER = "symusic"  # same tokens as miditoolkit (tests/test_golden.py, benchmarks/compare_readers.py), ~4x faster
 DEFAULT_FILE_TIMEOUT = 60.0  # seconds; a normal song takes well under one (a 10,000-token Lakh song: ~0.1 s)
 

@@ -11,7 +11,8 @@ import pytest
 from midi_factory import make_song
 from museformer_analysis import audio
 from museformer_analysis.cli import main
-from museformer_analysis.plots import CURVES_SIZE, DPI, HEATMAP_SIZE, PIANOROLL_SIZE, png_size
+from measure import png_size
+from museformer_analysis.plots import CURVES_SIZE, DPI, HEATMAP_SIZE, PIANOROLL_SIZE
 
 pytest.importorskip("matplotlib")
 
