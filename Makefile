@@ -20,7 +20,7 @@ install: $(STAMP)
 $(STAMP): setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip wheel "setuptools<81"
-	@# Keep a torch that is already installed; otherwise take the CPU wheel (see README, "Set-up").
+	@# Keep a torch that is already installed; otherwise take the CPU wheel (see README, "Quick start").
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q "numpy<2" cython cffi
 	@# fairseq-fixed lists torchaudio, which would replace torch: install it without its dependencies.

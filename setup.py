@@ -1,12 +1,12 @@
 """museformer-plugin: Museformer (NeurIPS 2022) as a fairseq --user-dir plugin, with its MIDI tokenizer.
 
 fairseq itself is NOT listed in install_requires: install `fairseq-fixed==0.12.3.1` with
-`--no-deps --no-build-isolation` after torch (see README, "Set-up", or simply run `make install`).
+`--no-deps --no-build-isolation` after torch (see README, "Quick start", or simply run `make install`).
 Listing it here would make pip resolve its torchaudio requirement, which replaces torch with a CUDA build.
 """
 from setuptools import find_packages, setup
 
-# fairseq-fixed's real runtime needs (it is installed with --no-deps), see docs/install.md.
+# fairseq-fixed's real runtime needs (it is installed with --no-deps), see README, "Quick start".
 FAIRSEQ_NEEDS = [
     "cffi",
     "cython",
@@ -33,17 +33,19 @@ setup(
         "torch>=2.1",
         "numpy<2",  # fairseq's compiled extensions and np.int/np.float uses break with numpy 2
         "miditoolkit>=1.0",
+        "symusic>=0.5",  # the default MIDI reader of museformer-prep encode (C++ parser; same tokens as miditoolkit)
+        "pebble>=5.0",  # per-file time limits in museformer-prep encode (a stuck worker is replaced)
         "tqdm",
         "tensorboardX",
         "matplotlib",  # museformer-analyze's pictures (the demo writes piano rolls and the L_t plot)
         *FAIRSEQ_NEEDS,
     ],
     extras_require={
-        "dev": ["pytest", "hypothesis", "symusic"],  # symusic: the test that both MIDI readers agree
+        "dev": ["pytest", "hypothesis"],
         # the built-in demo corpus: scores bundled with music21, written out as MIDI
         "corpus": ["music21>=9"],
-        # optional faster MIDI reader behind data_prep.midi_io (`museformer-prep encode --reader symusic`)
-        "fast": ["symusic"],
+        # kept for old install lines: symusic is now a dependency (the default reader)
+        "fast": [],
         # benchmarks/tokenize_vs_miditok.py
         "bench": ["miditok", "symusic"],
     },

@@ -33,10 +33,16 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from museformer_plugin.attention import FineCoarseAttention  # noqa: E402
 from museformer_plugin.attention import sparse as attention_sparse  # noqa: E402
-from museformer_plugin.attention.sparse import plan_bar_blocks  # noqa: E402
+from museformer_plugin.attention.sparse_plan import plan_bar_blocks  # noqa: E402
 from museformer_plugin.bar_layout import BarLayout, BarScheme, dense_masks  # noqa: E402
 
 METHODS = ("sparse", "dense", "sdpa", "fairseq")
+
+
+def computed_pairs(plan, per_pair: int, budget: int = attention_sparse.CHUNK_ELEMENTS) -> int:
+    """(query, key) pairs the sparse kernel computes for ``plan``, padding included (chunks as the CPU kernel cuts
+    them)."""
+    return sum((b1 - b0) * q * (a + k) for b0, b1, q, a, k in plan.chunks(per_pair, budget))
 
 
 def song_layout(length: int, seed: int = 0, mean_bar: int = 130) -> BarLayout:
@@ -196,7 +202,7 @@ def pair_counts(length, block_size=256, heads=8):
     attended = int(reg_mask.sum()) + int(sum_mask.sum())
     causal = length * (length + 1) // 2
     plan = plan_bar_blocks(layout, scheme, length, S, block_size)
-    computed = plan.computed_pairs(per_pair=heads)
+    computed = computed_pairs(plan, per_pair=heads)
     return attended / causal, computed / causal, S
 
 

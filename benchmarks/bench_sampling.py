@@ -172,10 +172,16 @@ def run_prefill(model, song: torch.Tensor, n: int):
     return one, time.perf_counter() - t0
 
 
+def cache_bytes(decoder, incremental_state) -> int:
+    """Bytes held by the cached decoder's state (its buffers at their current capacity)."""
+    from museformer_plugin.incremental import STATE_KEY
+
+    state = decoder.get_incremental_state(incremental_state, STATE_KEY) or {}
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
 def goals(model, task, args):
     """The issue-11 comparisons, each measured side by side in this run."""
-    from museformer_plugin.incremental import cache_bytes
-
     print("## goals (side by side in this run)")
     song = synthetic_song(task, 1024, args.bar_tokens, args.seed + 2)
     lp = {}
@@ -265,8 +271,6 @@ def main(argv=None):
     if args.goals:
         goals(model, task, args)
     if args.headline:
-        from museformer_plugin.incremental import cache_bytes
-
         song = synthetic_song(task, args.headline, args.bar_tokens, args.seed + 1)
         bars = int(song.eq(task.bar_token).sum())
         for name in args.dtypes.split(","):

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from data_prep.cli import find_midi_files  # noqa: E402
+from data_prep.encode import find_midi_files  # noqa: E402
 from data_prep import MidiEncodeError, encode_midi  # noqa: E402
 from data_prep.midi_io import read_midi, scan_midi  # noqa: E402
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from data_prep.cli import find_midi_files  # noqa: E402
+from data_prep.encode import find_midi_files  # noqa: E402
 from data_prep import MidiEncodeError, decode_tokens, encode_midi  # noqa: E402
 from data_prep.midi_io import READERS, read_midi  # noqa: E402
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .split import CONFIG_NAME, SPLITS
+from .vocab import read_dict, write_dict
 
 
 class FairseqMissingError(RuntimeError):
@@ -48,17 +49,8 @@ def require_fairseq() -> None:
     if importlib.util.find_spec("fairseq") is None or importlib.util.find_spec("fairseq_cli") is None:
         raise FairseqMissingError(
             f"binarising needs fairseq, which is not installed for {sys.executable}; run `make install` "
-            "(it installs fairseq-fixed==0.12.3.1 with --no-deps after torch, see README 'Set-up')"
+            "(it installs fairseq-fixed==0.12.3.1 with --no-deps after torch, see README \"Quick start\")"
         )
-
-
-def read_dict_symbols(dict_path: str | Path) -> list[str]:
-    """The symbols of a fairseq dict.txt (first field of every line), in file order."""
-    symbols = []
-    for line in Path(dict_path).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            symbols.append(line.split()[0])
-    return symbols
 
 
 def count_songs(split_file: Path, vocab: set[str]) -> tuple[int, int, Counter]:
@@ -97,14 +89,12 @@ def binarize(
         raise FileNotFoundError(f"{split_dir}/train.txt does not exist; write the splits with `museformer-prep split`")
     dest_dir.mkdir(parents=True, exist_ok=True)
     if dict_path is None:
-        from .vocab import write_dict
-
         dict_path = dest_dir / "dict.txt"
         write_dict(dict_path, cfg)
     dict_path = Path(dict_path)
     if not dict_path.is_file():
         raise FileNotFoundError(f"--dict {dict_path} does not exist; write one with `museformer-prep dict PATH`")
-    symbols = read_dict_symbols(dict_path)
+    symbols = read_dict(dict_path)
     vocab = set(symbols)
     result = BinarizeResult(dest_dir=dest_dir, dict_size=len(symbols))
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import multiprocessing
 import os
 import sys
 from collections import Counter
@@ -17,9 +16,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import split as split_mod
+from .constants import MIDI_SUFFIXES
+from .encode import DEFAULT_FILE_TIMEOUT, DEFAULT_READER
+from .midi_io import READERS
 from .split import CONFIG_NAME, MANIFEST_NAME, SPLITS
 
-MIDI_SUFFIXES = (".mid", ".midi")
 TOKENIZER_FIELDS = ("encoding", "instruments", "positions_per_beat", "normalize_pitch", "pitch_weighting",
                     "remove_empty_bars", "ignore_ts")  # the TokenizerConfig fields that have a flag
 EXAMPLES = """\
@@ -33,7 +34,11 @@ examples:
   museformer-prep binarize split/ data-bin/mine
   museformer-prep decode samples/ samples_midi/
 
-exit codes: 0 = something was produced, 1 = nothing was produced, 2 = bad arguments or input"""
+encode and all resume: run the same command again on the same output folder and the files already encoded with
+the same tokenizer settings are skipped (--overwrite encodes everything again).
+
+exit codes: 0 = something was produced, 1 = nothing was produced, 2 = bad arguments or input,
+            130 = interrupted (what was finished is kept; run the same command again to go on)"""
 
 
 def default_workers() -> int:
@@ -93,102 +98,30 @@ def tokenizer_config(args: argparse.Namespace, stored: dict | None = None):
 
 
 # ------------------------------------------------------------------------------------------------------- encode
-def find_midi_files(in_dir: Path) -> list[str]:
-    """Relative POSIX paths of every *.mid / *.midi (any case) under `in_dir`, sorted."""
-    if not in_dir.is_dir():
-        raise FileNotFoundError(f"MIDI folder {in_dir} does not exist")
-    found = (p for p in in_dir.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
-    return sorted(p.relative_to(in_dir).as_posix() for p in found)
+def encode_config(args, out_dir: Path):
+    """Tokenizer settings of an encode run: flags over the settings already used in ``out_dir`` (so that running
+    the same command again resumes), over the defaults; with --overwrite the folder's settings are ignored."""
+    from .encode_manifest import read_previous
+
+    stored = None if args.overwrite else read_previous(out_dir)[0]
+    return tokenizer_config(args, stored)
 
 
-_WORKER_STATE: dict = {}
+def encode(args, in_dir: Path, out_dir: Path):
+    """``run_encode`` with the command's flags; prints the summary line and any unexpected errors."""
+    from .encode import encode_summary, run_encode
 
-
-def _init_encode_worker(in_dir: Path, out_dir: Path, cfg, reader: str) -> None:
-    _WORKER_STATE.update(in_dir=in_dir, out_dir=out_dir, cfg=cfg, reader=reader)
-
-
-def _encode_one(rel: str) -> dict:
-    """Encode one MIDI file and write its token file. Returns its manifest entry."""
-    from .errors import MidiEncodeError
-    from .midi_to_tokens import encode_midi
-
-    state = _WORKER_STATE
-    out_path = state["out_dir"] / (rel + split_mod.TOKEN_SUFFIX)
-    entry = {"path": rel, "output": rel + split_mod.TOKEN_SUFFIX}
-    try:
-        tokens = encode_midi(state["in_dir"] / rel, state["cfg"], reader=state["reader"])
-        if not tokens:
-            raise MidiEncodeError("no_tokens", f"{rel} encodes to no tokens")
-    except MidiEncodeError as err:
-        reason, detail = err.reason, str(err)
-    except Exception as err:  # a reader or tokenizer bug must not stop the other files; it is counted and shown
-        reason, detail = f"unexpected_{type(err).__name__}", f"{type(err).__name__}: {err}"
-    else:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(" ".join(tokens) + "\n", encoding="utf-8")
-        return {**entry, "status": "encoded", "tokens": len(tokens)}
-    out_path.unlink(missing_ok=True)  # never leave a stale token file from an earlier run next to a failure
-    return {**entry, "status": "failed", "tokens": 0, "reason": reason, "detail": detail}
-
-
-def run_encode(in_dir: Path, out_dir: Path, cfg, workers: int, reader: str = "miditoolkit") -> dict:
-    """Encode every MIDI file under `in_dir` into `out_dir`; write and return the manifest."""
-    if reader == "symusic":
-        import importlib.util
-
-        if importlib.util.find_spec("symusic") is None:
-            raise ImportError("--reader symusic needs the symusic package: pip install symusic (or the `fast` extra)")
-    files = find_midi_files(in_dir)
-    if not files:
-        raise FileNotFoundError(f"no MIDI files (*.mid, *.midi) under {in_dir}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    init_args = (in_dir, out_dir, cfg, reader)
-    entries = []
-    bar = tqdm(total=len(files), desc=f"encode -> {out_dir}", unit="file", disable=None)
-    with bar:
-        if workers <= 1 or len(files) == 1:
-            _init_encode_worker(*init_args)
-            for entry in map(_encode_one, files):
-                entries.append(entry)
-                bar.update(1)
-        else:
-            chunksize = max(1, min(16, len(files) // (workers * 8)))
-            with multiprocessing.Pool(workers, _init_encode_worker, init_args) as pool:
-                for entry in pool.imap_unordered(_encode_one, files, chunksize=chunksize):
-                    entries.append(entry)
-                    bar.update(1)
-    entries.sort(key=lambda e: e["path"])
-    failures = Counter(e["reason"] for e in entries if e["status"] == "failed")
-    manifest = {
-        "tokenizer": cfg.to_dict(),
-        "reader": reader,
-        "input_dir": str(in_dir),
-        "encoded": sum(e["status"] == "encoded" for e in entries),
-        "failed": sum(failures.values()),
-        "failures_by_reason": dict(failures.most_common()),
-        "tokens": sum(e["tokens"] for e in entries),
-        "files": entries,
-    }
-    (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    return manifest
-
-
-def encode_summary(manifest: dict) -> str:
-    text = f"{manifest['encoded']} encoded, {manifest['failed']} failed"
-    if manifest["failures_by_reason"]:
-        text += " (" + ", ".join(f"{r}: {n}" for r, n in manifest["failures_by_reason"].items()) + ")"
-    return text + f"; {manifest['tokens']} tokens"
+    run = run_encode(in_dir, out_dir, encode_config(args, out_dir), args.workers, args.reader, args.file_timeout,
+                     args.overwrite, args.retry_failed)
+    print(encode_summary(run) + f"; manifest: {out_dir / MANIFEST_NAME}")
+    for entry in run.manifest["files"]:
+        if entry["status"] == "failed" and entry["reason"].startswith("unexpected_"):
+            print(f"  {entry['path']}: {entry['detail']}", file=sys.stderr)
+    return run
 
 
 def cmd_encode(args) -> int:
-    cfg = tokenizer_config(args)
-    manifest = run_encode(Path(args.in_dir), Path(args.out_dir), cfg, args.workers, args.reader)
-    print(encode_summary(manifest) + f"; manifest: {Path(args.out_dir) / MANIFEST_NAME}")
-    for entry in manifest["files"]:
-        if entry["status"] == "failed" and entry["reason"].startswith("unexpected_"):
-            print(f"  {entry['path']}: {entry['detail']}", file=sys.stderr)
-    return 0 if manifest["encoded"] else 1
+    return 0 if encode(args, Path(args.in_dir), Path(args.out_dir)).manifest["encoded"] else 1
 
 
 # ------------------------------------------------------------------------------------------------------- decode
@@ -312,11 +245,10 @@ def cmd_dict(args) -> int:
 def cmd_all(args) -> int:
     data_bin = Path(args.data_bin)
     token_dir, split_dir = data_bin / "tokens", data_bin / "split"
-    cfg = tokenizer_config(args)
-    manifest = run_encode(Path(args.midi_dir), token_dir, cfg, args.workers, args.reader)
-    print(encode_summary(manifest) + f"; manifest: {token_dir / MANIFEST_NAME}")
-    if not manifest["encoded"]:
+    run = encode(args, Path(args.midi_dir), token_dir)
+    if not run.manifest["encoded"]:
         return 1
+    cfg = tokenizer_config(args, run.manifest["tokenizer"])
     result = run_split(token_dir, split_dir, args.lists, args.ratios, args.seed)
     if not sum(result.songs.values()):
         return 1
@@ -346,19 +278,30 @@ def build_parser() -> argparse.ArgumentParser:
                        help="worker processes (default: the CPU count, at most 8)")
 
     def encode_opts(p):
-        p.add_argument("--reader", choices=("miditoolkit", "symusic"), default="miditoolkit",
-                       help="MIDI reader (symusic is faster; optional extra `fast`)")
+        p.add_argument("--reader", choices=READERS, default=DEFAULT_READER,
+                       help="MIDI reader: symusic parses in C++ and gives the same tokens as miditoolkit, the "
+                            f"reference, about 4x faster (default: {DEFAULT_READER})")
+        p.add_argument("--file-timeout", type=float, default=DEFAULT_FILE_TIMEOUT, metavar="SECONDS",
+                       help="give up on a file after this long (its worker is replaced, the manifest says 'timeout'; "
+                            f"0 = no limit) (default: {DEFAULT_FILE_TIMEOUT:g})")
+        p.add_argument("--overwrite", action="store_true",
+                       help="encode every file again, with the given settings; without it a second run on the same "
+                            "output folder skips the files already encoded with the same tokenizer settings "
+                            "(default: off)")
+        p.add_argument("--retry-failed", action="store_true",
+                       help="when resuming, also try again the files that failed in an earlier run (default: off)")
 
     def split_opts(p):
         p.add_argument("--lists", metavar="DIR", help="folder with train.txt, valid.txt, test.txt: one MIDI path per "
-                       "line, relative to the MIDI folder (as the original's data/meta/*.txt)")
+                       "line, relative to the MIDI folder (as the original's data/meta/*.txt) (default: a random split by --ratios)")
         p.add_argument("--ratios", default="8,1,1", help="train,valid,test weights of the random split (default: 8,1,1)")
         p.add_argument("--seed", type=int, default=1, help="seed of the random split (default: 1)")
 
     def binarize_opts(p):
-        p.add_argument("--dict", metavar="PATH", help="use this dict.txt instead of the tokenizer config's vocabulary")
+        p.add_argument("--dict", metavar="PATH", help="use this dict.txt instead of the tokenizer config's vocabulary "
+                       "(default: the config's complete vocabulary)")
         p.add_argument("--allow-unk", action="store_true", help="map tokens missing from the dict to <unk> "
-                       "instead of failing")
+                       "instead of failing (default: fail)")
 
     p = sub.add_parser("encode", help="MIDI files -> one token file each (+ manifest.json)", formatter_class=fmt,
                        description="Encode every *.mid/*.midi under IN_DIR to OUT_DIR/<same path>.txt (one line of "
@@ -422,8 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", choices=("bach", "polyphonic", "all"), default="bach",
                    help="bach: ~410 chorales (default, about a minute on 2 cores); polyphonic: ~1,900 multi-part "
                         "pieces; all: also ~13,000 folk tunes")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N source files (sorted)")
-    p.add_argument("--overwrite", action="store_true", help="rewrite MIDI files that already exist")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N source files (sorted) (default: all)")
+    p.add_argument("--overwrite", action="store_true", help="rewrite MIDI files that already exist (default: keep them)")
     workers(p)
     p.set_defaults(func=cmd_corpus)
     return parser
@@ -444,6 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as err:
         print(f"museformer-prep {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"museformer-prep {args.command}: interrupted; the finished files are kept: run the same command "
+              "again to go on from there", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

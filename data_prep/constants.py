@@ -34,3 +34,5 @@ TS_TO_ID = {ts: k for k, ts in enumerate(TIME_SIGNATURES)}
 # Sanity limits for absurd files (not in the original, which would allocate one slot per grid position).
 MAX_TICK = 2**31  # note times must be below this (spec §1.2 step 1)
 MAX_POSITIONS = 4_000_000  # ~83k bars of 4/4 at P=12; anything longer is treated as a broken file
+
+MIDI_SUFFIXES = (".mid", ".midi")  # MIDI file names end in one of these, in any case

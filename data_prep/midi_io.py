@@ -76,8 +76,11 @@ def _read_symusic(path: str) -> miditoolkit.MidiFile:
         with open(path, "rb") as f:
             data = f.read()
         score = symusic.Score.from_midi(data)
-    except Exception as e:
-        raise _read_error(path, e) from e
+    except Exception:  # the reference decides: it reads what symusic rejects, or its error names the cause
+        try:
+            return miditoolkit.MidiFile(path)
+        except Exception as e:
+            raise _read_error(path, e) from e
     try:
         scan = scan_midi(data)
     except (IndexError, ValueError, ZeroDivisionError):  # bytes symusic accepts but mido may not: the reference

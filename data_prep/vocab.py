@@ -166,12 +166,18 @@ def write_dict(path: str | os.PathLike, cfg: TokenizerConfig = TokenizerConfig()
     return vocab
 
 
+FAIRSEQ_OVERWRITE_FLAG = " #fairseq:overwrite"  # an optional third field of a fairseq dict.txt line
+
+
 def read_dict(path: str | os.PathLike) -> list[str]:
-    """Symbols of a dict.txt in file order (no fairseq needed)."""
+    """Symbols of a dict.txt in file order, split as fairseq's ``Dictionary.add_from_file`` splits a line
+    (``<symbol> <count>``, optionally followed by `` #fairseq:overwrite``); no fairseq needed."""
     out = []
     with open(path, encoding="utf-8") as f:
         for line in f:
-            line = line.rstrip("\n")
+            line = line.rstrip()
+            if line.endswith(FAIRSEQ_OVERWRITE_FLAG):
+                line = line[: -len(FAIRSEQ_OVERWRITE_FLAG)]
             if line.strip():
                 out.append(line.rsplit(" ", 1)[0])
     return out

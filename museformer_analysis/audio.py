@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import tempfile
 
+from data_prep.constants import DEFAULT_POSITIONS_PER_BEAT
+
 INSTALL_HINT = "apt-get install fluidsynth fluid-soundfont-gm"
 # Where Debian/Ubuntu, Fedora, Arch and Homebrew put a GM SoundFont; the first one that exists is used.
 SOUNDFONT_CANDIDATES = (
@@ -84,7 +86,8 @@ def render_midi(midi_path: str, audio_path: str, soundfont: str | None = None, s
     return audio_path
 
 
-def render_tokens(token_path: str, audio_path: str, soundfont: str | None = None, positions_per_beat: int = 12) -> str:
+def render_tokens(token_path: str, audio_path: str, soundfont: str | None = None,
+                  positions_per_beat: int = DEFAULT_POSITIONS_PER_BEAT) -> str:
     """Decode a token file (*.mid.txt) to a temporary MIDI file and render that."""
     from .piece import decode_token_file
 

@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_prep.config import TokenizerConfig
-from data_prep.constants import DEFAULT_POSITIONS_PER_BEAT, DRUM_INSTRUMENT
+from data_prep.constants import DEFAULT_POSITIONS_PER_BEAT, DRUM_INSTRUMENT, MIDI_SUFFIXES
 from data_prep.errors import MidiEncodeError
 from data_prep.midi_io import read_midi
 from data_prep.midi_to_tokens import quantize
 from data_prep.tokens_to_midi import decode_tokens
 from data_prep.vocab import duration_to_id, id_to_duration, parse_token, pitch_to_id
 
-MIDI_SUFFIXES = (".mid", ".midi")
 TOKEN_SUFFIX = ".mid.txt"  # what `museformer-prep encode` writes for x.mid
 
 

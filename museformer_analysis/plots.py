@@ -124,12 +124,3 @@ def plot_pianoroll(piece: Piece, out_path: str | os.PathLike) -> str:
               ncol=1 + len(piece.instruments()) // 20)
     fig.tight_layout()
     return _save(fig, out_path)
-
-
-def png_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) from a PNG's IHDR chunk; ValueError if the file is not a PNG."""
-    with open(path, "rb") as f:
-        head = f.read(24)
-    if head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
-        raise ValueError(f"{os.fspath(path)} is not a PNG file.")
-    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")

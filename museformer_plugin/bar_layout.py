@@ -199,34 +199,19 @@ class BarLayout:
         """Summary slots per sample in this batch: the largest number of complete bars."""
         return int(self.num_complete_bars.max()) if self.num_complete_bars.numel() else 0
 
+    def cached(self, key, build):
+        """``self.cache[key]``, built by ``build()`` on first use (a block plan or mask depends on the layout only,
+        so all layers of a forward pass, and its recomputation, share one)."""
+        value = self.cache.get(key)
+        if value is None:
+            value = self.cache[key] = build()
+        return value
+
     def summary_valid(self, num_slots: Optional[int] = None) -> torch.Tensor:
         """Bool (B, S): slot j holds a real summary (bar j + 1 is complete)."""
         s = self.num_summary_slots if num_slots is None else num_slots
         slots = torch.arange(s, device=self.bar_ids.device)
         return slots[None, :] < self.num_complete_bars[:, None]
-
-    @classmethod
-    def from_tokens(cls, src_tokens: torch.Tensor, bar_token: int, pad: int) -> "BarLayout":
-        """Layout of ``src_tokens`` (B, T) = [BOS] + music tokens (+ right padding with ``pad``)."""
-        return cls(*compute_bar_ids(src_tokens, bar_token, pad))
-
-    def append(self, prev_last_tokens: torch.Tensor, new_is_pad: Optional[torch.Tensor] = None,
-               new_is_bar_end: Optional[torch.Tensor] = None) -> "BarLayout":
-        """Layout after appending one token per sample (incremental decoding).
-
-        ``prev_last_tokens``: bool (B,) — True where the previously last token was a ``b-1`` (it closed a bar).
-        The new token joins the next bar if the previous token closed one, else the current bar.
-        ``num_complete_bars`` is kept as is unless ``new_is_bar_end`` (bool (B,), True where the new token is a
-        non-padding ``b-1``) is given; then it counts the bar the new token closes.
-        """
-        last = self.bar_ids[:, -1]
-        new = torch.where(prev_last_tokens, last + 1, last).clamp(min=1)
-        if new_is_pad is not None:
-            new = torch.where(new_is_pad, torch.full_like(new, PAD_BAR), new)
-        complete = self.num_complete_bars.clone()
-        if new_is_bar_end is not None:
-            complete = complete + new_is_bar_end.long()
-        return BarLayout(torch.cat([self.bar_ids, new[:, None]], dim=1), complete)
 
 
 def bar_index(dictionary, data: Optional[str] = None) -> int:
@@ -258,7 +243,13 @@ def compute_bar_ids(src_tokens: torch.Tensor, bar_token: int, pad: int) -> Tuple
     bar_ids = ends_before + 1
     bar_ids[:, 0] = 0
     bar_ids = bar_ids.masked_fill(is_pad, PAD_BAR)
-    return bar_ids, is_bar_end.sum(dim=1)
+    return bar_ids, count_complete_bars(src_tokens, bar_ids, bar_token)
+
+
+def count_complete_bars(src_tokens: torch.Tensor, bar_ids: torch.Tensor, bar_token: int) -> torch.Tensor:
+    """Complete bars per sample (B,): the ``b-1`` tokens after the prefix (bar id > 0, so neither the BOS nor
+    padding, whose bar ids are 0 and ``PAD_BAR``); each closes one bar."""
+    return (src_tokens.eq(bar_token) & bar_ids.gt(0)).sum(dim=1)
 
 
 def build_beat_lut(symbols: Sequence[str], nspecial: int = 4, beat_mask_ts: bool = False) -> torch.Tensor:

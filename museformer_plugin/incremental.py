@@ -28,7 +28,7 @@ The cached keys and values are fp32 on CPU whatever the weights' dtype (bf16 bat
 shape run several times slower than fp32 on CPUs, while the bf16 Linear layers run twice as fast); on CUDA they
 keep the weights' dtype.
 
-Per-sample bookkeeping (CPU long tensor ``meta`` (B, NUM_META) and bar spans (B, nbars), in positions) gives each
+Per-sample bookkeeping (CPU long tensor ``state["bookkeeping"]`` (B, NUM_COLUMNS) and bar spans (B, nbars), in positions) gives each
 sample its own length, so a batch may hold prompts of different lengths. Bar and beat ids of the new token come
 from the one-token rules of ``bar_layout`` (``next_bar_id`` / ``next_beat_id``, tested equal to the sequence
 rules) on Python ints, and the bar/beat sinusoids are kept per id, so a step's Python work does not grow with the
@@ -53,11 +53,11 @@ from .attention.window import attend_window
 from .bar_layout import BarScheme, bar_spans, next_bar_id, next_beat_id
 
 STATE_KEY = "fc_cache"  # batched tensors: reordered along dim 0 by `reorder`
-META_KEY = "fc_cache_meta"  # unbatched: columns of prev_output_tokens consumed, per-layer fused weights
+SHARED_KEY = "fc_cache_shared"  # unbatched, shared by all samples: columns consumed, fused weights, beat LUT
 
-# Columns of the per-sample ``meta`` table (CPU long tensor (B, NUM_META)).
+# Columns of the per-sample bookkeeping table ``state["bookkeeping"]`` (CPU long tensor (B, NUM_COLUMNS)).
 LENGTH, WLEN, OWN_START, LAST_BAR, LAST_CLOSED, NUM_COMPLETE, ONSET_TOK, BASE, KEEP_FROM = range(9)
-NUM_META = 9
+NUM_COLUMNS = 9
 
 
 @lru_cache(maxsize=None)
@@ -91,10 +91,10 @@ def _empty_state(decoder, batch_size: int, device, dtype, store_cap: int = 64) -
     for i in range(len(decoder.layers)):
         for name, cap in (("k", store_cap), ("v", store_cap), ("w_k", 64), ("w_v", 64), ("s_k", 8), ("s_v", 8)):
             state[f"{name}{i}"] = torch.zeros(batch_size, H, cap, D, device=device, dtype=dtype)
-    meta = torch.zeros(batch_size, NUM_META, dtype=torch.long)
-    meta[:, ONSET_TOK] = decoder.dictionary.eos()  # no onset seen yet: a token whose beat LUT entry is 0
-    meta[:, KEEP_FROM] = 1
-    state["meta"] = meta
+    book = torch.zeros(batch_size, NUM_COLUMNS, dtype=torch.long)
+    book[:, ONSET_TOK] = decoder.dictionary.eos()  # no onset seen yet: a token whose beat LUT entry is 0
+    book[:, KEEP_FROM] = 1
+    state["bookkeeping"] = book
     state["bar_start"] = torch.zeros(batch_size, 16, dtype=torch.long)  # bar id -> first position (CPU)
     state["bar_end"] = torch.zeros(batch_size, 16, dtype=torch.long)  # bar id -> one past its last position
     weights = decoder.embed_tokens.weight
@@ -108,7 +108,7 @@ def cache_dtype(param: torch.Tensor) -> torch.dtype:
 
 
 def _slot(row, pos: int) -> int:
-    """Store slot of position ``pos`` for a sample whose meta row is ``row`` (the BOS always sits in slot 0)."""
+    """Store slot of position ``pos`` for a sample whose bookkeeping row is ``row`` (the BOS always sits in slot 0)."""
     return 0 if pos == 0 else pos - row[BASE]
 
 
@@ -199,13 +199,13 @@ def _summarise(layer, state, i: int, s: int, h, own_start: int, own_end: int, sl
     k2, v2 = attn.summary_kv(z)  # (1, H, 1, D) each
     state[f"s_k{i}"][s, :, slot] = k2[0, :, 0].to(state[f"s_k{i}"].dtype)
     state[f"s_v{i}"][s, :, slot] = v2[0, :, 0].to(state[f"s_v{i}"].dtype)
-    return layer.ffn(h + layer.dropout(attn.out_proj(z)))
+    return layer.residual(h, attn.out_proj(z))
 
 
-def _sinusoids(aux, decoder, dim: int, ids: List[int]) -> torch.Tensor:
+def _sinusoids(shared, decoder, dim: int, ids: List[int]) -> torch.Tensor:
     """``decoder.embed_sinusoid`` of one id per sample, (B, 1, dim); each id's row is computed once and kept in
-    ``aux``."""
-    memo = aux.setdefault("sinusoids", {})
+    ``shared``."""
+    memo = shared.setdefault("sinusoids", {})
     for index in ids:
         if (dim, index) not in memo:
             one = torch.tensor([[index]], device=decoder.embed_tokens.weight.device)
@@ -214,10 +214,10 @@ def _sinusoids(aux, decoder, dim: int, ids: List[int]) -> torch.Tensor:
     return rows[0] if len(rows) == 1 else torch.cat(rows)
 
 
-def _step(decoder, state, aux, tokens: torch.Tensor) -> torch.Tensor:
+def _step(decoder, state, shared, tokens: torch.Tensor) -> torch.Tensor:
     """Process one column ``tokens`` (B,) (pad = inactive sample); returns the final-LN features (B, C).
 
-    ``aux``: what does not change between steps (``weights``: each layer's fused q/k/v weight, ``beat_lut``: the
+    ``shared``: what does not change between steps (``weights``: each layer's fused q/k/v weight, ``beat_lut``: the
     beat LUT as a list, the sinusoid rows). The per-step Python work is O(B), never O(context): bar and beat ids
     come from the one-token rules of ``bar_layout`` on ints, the new key/value is written to the window only, and
     a bar's keys/values are copied from the window to the store once, in the step that closes it.
@@ -227,8 +227,8 @@ def _step(decoder, state, aux, tokens: torch.Tensor) -> torch.Tensor:
     L = len(layers)
     C = decoder.embed_dim
     dev = tokens.device
-    lut = aux["beat_lut"]
-    rows = state["meta"].tolist()
+    lut = shared["beat_lut"]
+    rows = state["bookkeeping"].tolist()
     tok = tokens.tolist()
     act = [t != decoder.pad for t in tok]
     pos = [r[LENGTH] for r in rows]
@@ -254,11 +254,11 @@ def _step(decoder, state, aux, tokens: torch.Tensor) -> torch.Tensor:
     flush = [(s, _slot(rows[s], int(state["bar_start"][s, bars[s]])), _slot(rows[s], pos[s]) + 1)
              for s in range(B) if act[s] and (close[s] or pos[s] == 0)]
 
-    x = decoder.embed_regular_from(tokens[:, None], _sinusoids(aux, decoder, decoder.bar_embed_dim, bars),
-                                   _sinusoids(aux, decoder, decoder.beat_embed_dim, beats))  # (B, 1, C)
+    x = decoder.embed_regular_from(tokens[:, None], _sinusoids(shared, decoder, decoder.bar_embed_dim, bars),
+                                   _sinusoids(shared, decoder, decoder.beat_embed_dim, beats))  # (B, 1, C)
     closing = [s for s in range(B) if close[s]]
     h_sum = {s: decoder.embed_summaries(torch.tensor([[bars[s]]], device=dev)) for s in closing}  # (1, 1, C)
-    for i, (layer, qkv_w) in enumerate(zip(layers, aux["weights"])):
+    for i, (layer, qkv_w) in enumerate(zip(layers, shared["weights"])):
         attn = layer.self_attn
         q, k, v = attn.project(layer.attn_norm(x), "reg", qkv_w)  # (B, H, 1, D) each
         wk, wv = state[f"w_k{i}"], state[f"w_v{i}"]
@@ -275,8 +275,7 @@ def _step(decoder, state, aux, tokens: torch.Tensor) -> torch.Tensor:
             h_sum[s] = _summarise(layer, state, i, s, h_sum[s], rows[s][OWN_START], wlen[s] + 1,
                                   bars[s] - 1, qkv_w)
         out = attend_window(q, wk[:, :, :need_w], wv[:, :, :need_w], lengths)  # (B, H, 1, D)
-        x = x + layer.dropout(attn.out_proj(out.transpose(1, 2).reshape(B, 1, C)))
-        x = layer.ffn(x)
+        x = layer.residual(x, attn.out_proj(out.transpose(1, 2).reshape(B, 1, C)))  # (B, 1, C)
     feats = decoder.final_norm(x)[:, 0]  # (B, C)
 
     # Commit the step for active samples only; inactive (pad) samples keep their state and last output.
@@ -293,7 +292,7 @@ def _step(decoder, state, aux, tokens: torch.Tensor) -> torch.Tensor:
             r[ONSET_TOK] = tok[s]
     for s, _, _ in flush:
         state["bar_end"][s, bars[s]] = pos[s] + 1
-    state["meta"] = torch.tensor(rows, dtype=torch.long)
+    state["bookkeeping"] = torch.tensor(rows, dtype=torch.long)
     if all(act):
         state["last_out"] = feats
     else:
@@ -334,7 +333,7 @@ def _prefill(decoder, tokens: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], to
     tok_cpu, bar_cpu = tokens.cpu(), bar_ids.cpu()
     lengths = tokens.ne(decoder.pad).sum(1).cpu()
     lut = decoder.beat_lut.cpu()
-    rows = state["meta"].tolist()
+    rows = state["bookkeeping"].tolist()
     for s in range(B):
         n = int(lengths[s])
         r = rows[s]
@@ -353,7 +352,7 @@ def _prefill(decoder, tokens: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], to
                 for w, src in (("w_k", "k"), ("w_v", "v")):
                     state[f"{w}{i}"][s, :, n_ctx : n_ctx + len(own)] = state[f"{src}{i}"][s].index_select(1, own)
             r[OWN_START], r[WLEN] = n_ctx, n_ctx + len(own)
-    state["meta"] = torch.tensor(rows, dtype=torch.long)
+    state["bookkeeping"] = torch.tensor(rows, dtype=torch.long)
     last_col = (lengths - 1).to(tokens.device)
     col = torch.minimum(torch.arange(T0, device=tokens.device)[None, :], last_col[:, None])  # (B, T0)
     feats = feats.gather(1, col[:, :, None].expand(-1, -1, feats.size(-1)))
@@ -372,13 +371,13 @@ def forward_incremental(decoder, prev_output_tokens: torch.Tensor, incremental_s
     """
     B, T = prev_output_tokens.shape
     state = decoder.get_incremental_state(incremental_state, STATE_KEY)
-    meta_state = decoder.get_incremental_state(incremental_state, META_KEY)
-    consumed = 0 if state is None else int(meta_state["consumed"])
+    shared = decoder.get_incremental_state(incremental_state, SHARED_KEY)
+    consumed = 0 if state is None else int(shared["consumed"])
     assert T > consumed, (
         f"prev_output_tokens has {T} columns but {consumed} were already processed; pass the whole sequence so far "
         "plus at least one new column")
-    if meta_state is None or "weights" not in meta_state:
-        meta_state = {"weights": [layer.self_attn.qkv_weight() for layer in decoder.layers],
+    if shared is None or "weights" not in shared:
+        shared = {"weights": [layer.self_attn.qkv_weight() for layer in decoder.layers],
                       "beat_lut": decoder.beat_lut.tolist()}
     param = decoder.embed_tokens.weight
     if state is None and T > 1 and _is_right_padded(prev_output_tokens, decoder.pad):
@@ -386,14 +385,14 @@ def forward_incremental(decoder, prev_output_tokens: torch.Tensor, incremental_s
     else:
         if state is None:
             state = _empty_state(decoder, B, param.device, cache_dtype(param))
-        assert state["meta"].size(0) == B, (
-            f"incremental state holds {state['meta'].size(0)} samples but prev_output_tokens has {B}; "
+        assert state["bookkeeping"].size(0) == B, (
+            f"incremental state holds {state['bookkeeping'].size(0)} samples but prev_output_tokens has {B}; "
             "reorder the state (reorder_incremental_state) when the batch changes")
-        outs = [_step(decoder, state, meta_state, prev_output_tokens[:, t]) for t in range(consumed, T)]
+        outs = [_step(decoder, state, shared, prev_output_tokens[:, t]) for t in range(consumed, T)]
         feats = outs[0][:, None] if len(outs) == 1 else torch.stack(outs, dim=1)  # (B, Tnew, C)
-    meta_state["consumed"] = torch.tensor(T)
+    shared["consumed"] = torch.tensor(T)
     decoder.set_incremental_state(incremental_state, STATE_KEY, state)
-    decoder.set_incremental_state(incremental_state, META_KEY, meta_state)
+    decoder.set_incremental_state(incremental_state, SHARED_KEY, shared)
     extra = {"attn": [None], "inner_states": [feats]}
     if features_only:
         return feats, extra
@@ -410,21 +409,8 @@ def reorder(decoder, incremental_state, new_order: torch.Tensor):
     if state is None:
         return
     order_cpu = new_order.cpu()
-    if order_cpu.numel() == state["meta"].size(0) and torch.equal(order_cpu, torch.arange(order_cpu.numel())):
+    if order_cpu.numel() == state["bookkeeping"].size(0) and torch.equal(order_cpu, torch.arange(order_cpu.numel())):
         return
     for name, value in state.items():
         state[name] = value.index_select(0, new_order.to(value.device))
     decoder.set_incremental_state(incremental_state, STATE_KEY, state)
-
-
-def cache_bytes(decoder, incremental_state) -> int:
-    """Bytes held by the cache (buffers at their current capacity)."""
-    state = decoder.get_incremental_state(incremental_state, STATE_KEY) or {}
-    return sum(t.numel() * t.element_size() for t in state.values())
-
-
-def stored_positions(decoder, incremental_state) -> List[int]:
-    """Per sample: how many positions the store keeps token by token (BOS included); for tests of the lean cache."""
-    state = decoder.get_incremental_state(incremental_state, STATE_KEY)
-    meta = state["meta"]
-    return [1 + max(0, int(r[LENGTH]) - int(r[KEEP_FROM])) if int(r[LENGTH]) else 0 for r in meta]

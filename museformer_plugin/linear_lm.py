@@ -24,7 +24,7 @@ from omegaconf import II
 from torch import nn
 
 from .bar_layout import bar_index, build_beat_lut, compute_bar_ids, compute_beat_ids
-from .model import sinusoid
+from .model import BarBeatInput
 
 
 @dataclass
@@ -145,7 +145,7 @@ class LinearDecoderLayer(nn.Module):
         return x + self.dropout(self.fc2(F.gelu(self.fc1(self.ffn_norm(x)))))
 
 
-class LinearDecoder(FairseqDecoder):
+class LinearDecoder(BarBeatInput, FairseqDecoder):
     """Embeddings (token ‖ bar ‖ beat, as museformer_lm) → linear-attention layers → final LN → output projection.
 
     A plain FairseqDecoder: fairseq's generator re-runs it over the whole prefix at each step (correct, not fast).
@@ -157,14 +157,11 @@ class LinearDecoder(FairseqDecoder):
         self.cfg = cfg
         self.bar_token = bar_token
         self.pad = dictionary.pad()
-        self.embed_scale = math.sqrt(d)
         # Beat ids for inputs that come without them (inference), with the task's rule; rebuilt from dict.txt.
         self.register_buffer(
             "beat_lut", build_beat_lut(dictionary.symbols, dictionary.nspecial, beat_mask_ts), persistent=False
         )
-        self.embed_tokens = nn.Embedding(len(dictionary), d, padding_idx=self.pad)
-        self.input_proj = nn.Linear(d + cfg.bar_embed_dim + cfg.beat_embed_dim, d)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.init_bar_beat_input(cfg, dictionary)  # the same input embedding as museformer_lm
         self.layers = nn.ModuleList([LinearDecoderLayer(cfg) for _ in range(cfg.decoder_layers)])
         self.final_norm = nn.LayerNorm(d)
         self.output_projection = nn.Linear(d, len(dictionary), bias=False)  # not tied, as museformer_lm
@@ -189,13 +186,7 @@ class LinearDecoder(FairseqDecoder):
             beat_ids = compute_beat_ids(src_tokens, self.beat_lut)
         assert bar_ids.shape == (B, T) and beat_ids.shape == (B, T), (
             f"bar_ids {tuple(bar_ids.shape)} / beat_ids {tuple(beat_ids.shape)} must match tokens {(B, T)}")
-        emb = self.embed_tokens(src_tokens) * self.embed_scale
-        x = torch.cat([  # (B, T, d + bar + beat), in the parameters' dtype (fp16 / bf16 training)
-            emb,
-            sinusoid(bar_ids, self.cfg.bar_embed_dim, emb.dtype),
-            sinusoid(beat_ids, self.cfg.beat_embed_dim, emb.dtype),
-        ], dim=-1)
-        x = self.dropout(self.input_proj(x))  # (B, T, d)
+        x = self.embed_regular(src_tokens, bar_ids, beat_ids)  # (B, T, d), in the parameters' dtype
         key_valid = src_tokens.ne(self.pad)  # (B, T)
         for layer in self.layers:
             x = layer(x, key_valid)

@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import IMPLS, FineCoarseAttention
 from .bar_layout import (SCHEME_PRESETS, BarLayout, BarScheme, bar_index, build_beat_lut, compute_bar_ids,
-                         compute_beat_ids)
+                         compute_beat_ids, count_complete_bars)
 from .incremental import forward_incremental, reorder
 
 ATTENTION_IMPL_CHOICES = ChoiceEnum(list(IMPLS))
@@ -122,17 +122,52 @@ class MuseformerDecoderLayer(nn.Module):
         """x + Drop(FFN(LN2(x))), x (..., C) of either stream."""
         return x + self.dropout(self.fc2(F.gelu(self.fc1(self.ffn_norm(x)))))
 
+    def residual(self, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        """The layer's wiring after attention: ffn(x + Drop(attn_out)), x and attn_out (..., C) of either stream
+        (attn_out = FCAttn(LN1(x)), computed by the caller: here, or a token at a time by the cached decoder)."""
+        return self.ffn(x + self.dropout(attn_out))
+
     def forward(self, x_reg: torch.Tensor, x_sum: torch.Tensor, layout: BarLayout, scheme: BarScheme,
                 kv_sink=None):
         """x_reg (B, T, C), x_sum (B, S, C) → same shapes (residual stream of each). ``kv_sink``: see
         ``FineCoarseAttention.forward`` (the cached decoder's prefill)."""
         a_reg, a_sum = self.self_attn(self.attn_norm(x_reg), self.attn_norm(x_sum), layout, scheme, kv_sink)
-        x_reg = x_reg + self.dropout(a_reg)
-        x_sum = x_sum + self.dropout(a_sum)
-        return self.ffn(x_reg), self.ffn(x_sum)
+        return self.residual(x_reg, a_reg), self.residual(x_sum, a_sum)
 
 
-class MuseformerDecoder(FairseqIncrementalDecoder):
+class BarBeatInput:
+    """The regular-stream input both decoders share (spec §3): Drop(Linear(concat[tokEmb·√d, barSin(bar id),
+    beatSin(beat id)])). ``init_bar_beat_input`` creates ``embed_tokens`` and ``input_proj`` (the parameter names
+    saved checkpoints use) where the decoder's ``__init__`` calls it, so the random initialisation order is kept."""
+
+    def init_bar_beat_input(self, cfg, dictionary) -> None:
+        d = cfg.decoder_embed_dim
+        self.bar_embed_dim, self.beat_embed_dim = cfg.bar_embed_dim, cfg.beat_embed_dim
+        self.embed_scale = math.sqrt(d)
+        # nn.Embedding keeps its default N(0, 1) init and a zero pad row, as in the original.
+        self.embed_tokens = nn.Embedding(len(dictionary), d, padding_idx=dictionary.pad())
+        self.input_proj = nn.Linear(d + cfg.bar_embed_dim + cfg.beat_embed_dim, d)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def embed_regular(self, tokens: torch.Tensor, bar_ids: torch.Tensor, beat_ids: torch.Tensor) -> torch.Tensor:
+        """Regular-stream input (spec §3), tokens / bar ids / beat ids (B, L) → (B, L, d):
+        Drop(Linear(concat[tokEmb·√d, barSin(bar id), beatSin(beat id)])), in the parameters' dtype."""
+        return self.embed_regular_from(tokens, self.embed_sinusoid(bar_ids, self.bar_embed_dim),
+                                       self.embed_sinusoid(beat_ids, self.beat_embed_dim))
+
+    def embed_sinusoid(self, ids: torch.Tensor, dim: int) -> torch.Tensor:
+        """``sinusoid(ids, dim)`` (..., dim) in the parameters' dtype (bar ids: bar_embed_dim, beat ids:
+        beat_embed_dim)."""
+        return sinusoid(ids, dim, self.embed_tokens.weight.dtype)
+
+    def embed_regular_from(self, tokens: torch.Tensor, bar_sin: torch.Tensor, beat_sin: torch.Tensor) -> torch.Tensor:
+        """``embed_regular`` with the bar and beat sinusoids already computed (B, L, bar/beat dim), in the
+        parameters' dtype: the cached decoder keeps them per id instead of recomputing them at every step."""
+        emb = self.embed_tokens(tokens) * self.embed_scale
+        return self.dropout(self.input_proj(torch.cat([emb, bar_sin, beat_sin], dim=-1)))  # (B, L, d)
+
+
+class MuseformerDecoder(BarBeatInput, FairseqIncrementalDecoder):
     """Embeddings (spec §3) → layers → final LN → untied output projection. Summaries produce no output."""
 
     def __init__(self, cfg: MuseformerModelConfig, dictionary, bar_token: int, beat_mask_ts: bool = False):
@@ -142,9 +177,6 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         self.embed_dim = d
         self.bar_token = bar_token
         self.pad = dictionary.pad()
-        self.bar_embed_dim = cfg.bar_embed_dim
-        self.beat_embed_dim = cfg.beat_embed_dim
-        self.embed_scale = math.sqrt(d)
         self.scheme = BarScheme.from_args(cfg.attention_scheme, cfg.con2con, cfg.con2sum)
         # Beat LUT over the task dictionary, for inputs that come without beat ids (inference). Not a parameter and
         # not saved: it is rebuilt from dict.txt and the task's --beat-mask-ts, so it always matches the dataset's.
@@ -153,14 +185,11 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         )
 
         # Regular stream input: concat[tokEmb·√d, barSin(bar id), beatSin(beat id)] → Linear → d (spec §3).
-        # nn.Embedding keeps its default N(0, 1) init and a zero pad row, as in the original.
-        self.embed_tokens = nn.Embedding(len(dictionary), d, padding_idx=self.pad)
-        self.input_proj = nn.Linear(d + cfg.bar_embed_dim + cfg.beat_embed_dim, d)
+        self.init_bar_beat_input(cfg, dictionary)
         # Summary stream input: concat[sumEmb(1)·√d, barSin(bar index)] → its own Linear → d. Row 0 is padding;
         # with one summary token per bar (K = 1) every summary uses id 1.
         self.embed_summary = nn.Embedding(2, d, padding_idx=0)
         self.summary_proj = nn.Linear(d + cfg.bar_embed_dim, d)
-        self.dropout = nn.Dropout(cfg.dropout)
 
         self.layers = nn.ModuleList([MuseformerDecoderLayer(cfg) for _ in range(cfg.decoder_layers)])
         self.final_norm = nn.LayerNorm(d)
@@ -176,17 +205,17 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         return bar_ids, compute_beat_ids(src_tokens, self.beat_lut)
 
     def build_layout(self, src_tokens: torch.Tensor, bar_ids: torch.Tensor) -> BarLayout:
-        """BarLayout for a batch: complete bars = ``b-1`` tokens after the prefix (each closes one bar).
+        """BarLayout for a batch of ``src_tokens`` (B, T) whose bar ids (B, T) are given (by the dataset or
+        ``layout_ids``).
 
         A sample whose BOS has bar id 1 (the dataset's ``--bos-in-first-bar``) is laid out as the original's
         training data path did (``attention/bos_in_first_bar.py``); the layout keeps bar id 0 for its BOS."""
-        bos_in_first_bar = bar_ids[:, 0].eq(1) if bar_ids.size(1) else bar_ids.new_zeros(0, dtype=torch.bool)
-        if bos_in_first_bar.any():
+        bos_in_first_bar = bar_ids[:, 0].eq(1) if bar_ids.size(1) else None
+        if bos_in_first_bar is not None and bos_in_first_bar.any():
             bar_ids = torch.cat([bar_ids[:, :1].masked_fill(bos_in_first_bar[:, None], 0), bar_ids[:, 1:]], dim=1)
         else:
             bos_in_first_bar = None
-        num_complete = (src_tokens.eq(self.bar_token) & bar_ids.gt(0)).sum(dim=1)
-        return BarLayout(bar_ids, num_complete, bos_in_first_bar)
+        return BarLayout(bar_ids, count_complete_bars(src_tokens, bar_ids, self.bar_token), bos_in_first_bar)
 
     def forward(
         self,
@@ -246,23 +275,6 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
                 x_reg, x_sum = layer(x_reg, x_sum, layout, self.scheme, kv_sink)
             inner_states.append(x_reg)
         return self.final_norm(x_reg), {"attn": [None], "inner_states": inner_states}
-
-    def embed_regular(self, tokens: torch.Tensor, bar_ids: torch.Tensor, beat_ids: torch.Tensor) -> torch.Tensor:
-        """Regular-stream input (spec §3), tokens / bar ids / beat ids (B, L) → (B, L, d):
-        Drop(Linear(concat[tokEmb·√d, barSin(bar id), beatSin(beat id)])), in the parameters' dtype."""
-        return self.embed_regular_from(tokens, self.embed_sinusoid(bar_ids, self.bar_embed_dim),
-                                       self.embed_sinusoid(beat_ids, self.beat_embed_dim))
-
-    def embed_sinusoid(self, ids: torch.Tensor, dim: int) -> torch.Tensor:
-        """``sinusoid(ids, dim)`` (..., dim) in the parameters' dtype (bar ids: bar_embed_dim, beat ids:
-        beat_embed_dim)."""
-        return sinusoid(ids, dim, self.embed_tokens.weight.dtype)
-
-    def embed_regular_from(self, tokens: torch.Tensor, bar_sin: torch.Tensor, beat_sin: torch.Tensor) -> torch.Tensor:
-        """``embed_regular`` with the bar and beat sinusoids already computed (B, L, bar/beat dim), in the
-        parameters' dtype: the cached decoder keeps them per id instead of recomputing them at every step."""
-        emb = self.embed_tokens(tokens) * self.embed_scale
-        return self.dropout(self.input_proj(torch.cat([emb, bar_sin, beat_sin], dim=-1)))
 
     def embed_summaries(self, slot_bars: torch.Tensor) -> torch.Tensor:
         """Summary-stream input, bar ids of the summary slots (B, S) → (B, S, d):

@@ -20,13 +20,18 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or not from museformer_lm; the message is one line."""
 
 
+def require_checkpoint_file(path: str) -> None:
+    """``CheckpointError`` (one line, with the fix) when there is no file at ``path``."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} not found; train one with run_scripts/train.sh (it writes "
+                              "SAVE_DIR/checkpoint_best.pt and checkpoint_last.pt)")
+
+
 def read_checkpoint(path: str) -> dict:
     """The state dict of fairseq checkpoint ``path`` (on CPU); ``CheckpointError`` with one line if it cannot be read."""
     from fairseq import checkpoint_utils
 
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path} not found; train one with run_scripts/train.sh (it writes "
-                              "SAVE_DIR/checkpoint_best.pt and checkpoint_last.pt)")
+    require_checkpoint_file(path)
     try:
         state = checkpoint_utils.load_checkpoint_to_cpu(path)
     except Exception as err:  # torch raises several types for a damaged file (RuntimeError, EOFError, Unpickling...)

@@ -146,16 +146,16 @@ def add_arguments(group) -> None:
     """The control flags of museformer-sample (an argparse parser or group)."""
     group.add_argument("--instruments", metavar="LIST",
                        help="only these instruments may play: MIDI programs 0-127 and 128 for drums, comma-separated, "
-                       "e.g. 0,25,33,128 (each must be an i- token of the dictionary)")
+                       "e.g. 0,25,33,128 (each must be an i- token of the dictionary) (default: any)")
     group.add_argument("--time-signature", metavar="NUM/DEN",
                        help="every sampled bar gets this time signature (its s- token), e.g. 3/4 or 6/8; needs a "
-                       "data dir whose tokenizer writes s- tokens (not --ignore-ts)")
+                       "data dir whose tokenizer writes s- tokens (not --ignore-ts) (default: any)")
     group.add_argument("--tempo", type=float, metavar="BPM",
                        help="every tempo token is this tempo in beats per minute, 16-256 (REMIGEN2: one t- per bar; "
-                       "REMIGEN: one after every onset); written as the nearest t- value")
+                       "REMIGEN: one after every onset); written as the nearest t- value (default: any)")
     group.add_argument("--bars", type=int, metavar="N",
                        help="exactly N bars per piece, prompt included, then end of song (</s>); tokens are chosen so "
-                       "that N bars fit in --max-length")
+                       "that N bars fit in --max-length (default: no exact bar count)")
 
 
 def controls_from_args(args, symbols: Sequence[str], cfg: TokenizerConfig, vocab_source: str) -> Controls:

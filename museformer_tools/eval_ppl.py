@@ -47,12 +47,10 @@ def parse_lengths(text: str) -> List[int]:
 
 
 def check_inputs(checkpoint: str, data: str, split: str) -> None:
-    """FileNotFoundError with the fix when the checkpoint, the data dir or the split is missing."""
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(
-            f"checkpoint {checkpoint} not found; train one with run_scripts/train.sh (it writes "
-            "SAVE_DIR/checkpoint_best.pt and checkpoint_last.pt)"
-        )
+    """CheckpointError / FileNotFoundError with the fix when the checkpoint, the data dir or the split is missing."""
+    from .checkpoint import require_checkpoint_file
+
+    require_checkpoint_file(checkpoint)
     if not os.path.isdir(data):
         raise FileNotFoundError(f"data directory {data!r} not found; build it with `museformer-prep all MIDI_DIR {data}`")
     if not os.path.isfile(os.path.join(data, "dict.txt")):
@@ -92,7 +90,6 @@ def evaluate(checkpoint: str, data: str, split: str = "test", lengths: Sequence[
     if split not in SPLITS:
         raise ValueError(f"--split must be one of {', '.join(SPLITS)} (the task's --truncate-* flags); got {split!r}")
     check_inputs(checkpoint, data, split)
-    import torch
     from fairseq import utils
 
     from .checkpoint import load_model, read_checkpoint
@@ -187,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("checkpoint", help="checkpoint .pt written by fairseq-train (run_scripts/train.sh)")
-    parser.add_argument("--data", required=True, help="binarised data dir (dict.txt, SPLIT.bin/.idx)")
+    parser.add_argument("--data", required=True, help="binarised data dir (dict.txt, SPLIT.bin/.idx) (required)")
     parser.add_argument("--split", default="test", choices=SPLITS, help="split to score (default: test)")
     parser.add_argument("--lengths", default=",".join(map(str, PAPER_LENGTHS)),
                         help="comma-separated truncation lengths in tokens (default: the paper's 1024,5120,10240)")

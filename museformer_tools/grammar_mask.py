@@ -1,7 +1,7 @@
 """Grammar mask for sampling: which dictionary ids may come next so that the sequence is well-formed REMIGEN.
 
-A small state machine over dictionary ids that follows ``data_prep.grammar`` (the same ``FOLLOWS`` table and the
-same extra rules as ``count_errors``), so a masked sample has ``count_errors(tokens, cfg) == 0``:
+One ``data_prep.grammar.GrammarState`` per piece (the state machine ``count_errors`` steps too, so the rules are
+stated once), turned into a mask over dictionary ids, so a masked sample has ``count_errors(tokens, cfg) == 0``:
 
 * family order (``d-`` after ``p-``, ``v-`` after ``d-``, ``p-`` after ``i-``, ... = ``FOLLOWS``);
 * onsets strictly increasing within a bar (and inside the bar's length when the config writes ``s-`` tokens);
@@ -16,23 +16,12 @@ from typing import List, Optional, Sequence
 import torch
 
 from data_prep.config import TokenizerConfig
-from data_prep.constants import DRUM_INSTRUMENT, NUM_PITCHES
-from data_prep.grammar import FOLLOWS
-from data_prep.vocab import bar_length, family_ranges, id_to_ts, parse_token
+from data_prep.constants import NUM_PITCHES
+from data_prep.grammar import FOLLOWS, GrammarState
+from data_prep.vocab import family_ranges, parse_token
 
 FAMILY_CODES = {fam: n for n, fam in enumerate(sorted(FOLLOWS))}  # "^" and the token families
 _NONE = -1  # code of ids that are never allowed by the grammar (special symbols, unknown families)
-
-
-class _State:
-    __slots__ = ("prev", "last_onset", "insts", "inst", "ts")
-
-    def __init__(self):
-        self.prev = "^"  # family of the previous token ("^" = start of the song)
-        self.last_onset = -1  # onset of the current bar so far (-1 = none yet)
-        self.insts: set = set()  # instruments already used at the current onset
-        self.inst: Optional[int] = None
-        self.ts = (4, 4)
 
 
 class GrammarMask:
@@ -41,7 +30,6 @@ class GrammarMask:
     def __init__(self, symbols: Sequence[str], eos: int, cfg: Optional[TokenizerConfig] = None):
         self.cfg = cfg
         self.eos = eos
-        self.P = cfg.positions_per_beat if cfg else 12
         ranges = {k: set(v) for k, v in family_ranges(cfg).items()} if cfg else None
         fam = torch.full((len(symbols),), _NONE, dtype=torch.long)
         val = torch.full((len(symbols),), -1, dtype=torch.long)
@@ -61,34 +49,28 @@ class GrammarMask:
         }
         self._is = {f: fam.eq(code) for f, code in FAMILY_CODES.items()}
         self._drum_pitch = self._is["p"] & val.ge(NUM_PITCHES)
-        self.states: List[_State] = []
+        self.states: List[GrammarState] = []
 
     def reset(self, batch_size: int) -> None:
-        self.states = [_State() for _ in range(batch_size)]
+        self.states = [GrammarState(self.cfg) for _ in range(batch_size)]
 
     def select(self, order: Sequence[int]) -> None:
         """Keep / reorder the samples like the KV cache (``order[b]`` = old index of new sample b)."""
-        self.states = [self._copy(self.states[i]) for i in order]
+        self.states = [self.states[i].copy() for i in order]
 
-    @staticmethod
-    def _copy(st: _State) -> _State:
-        new = _State()
-        new.prev, new.last_onset, new.insts, new.inst, new.ts = st.prev, st.last_onset, set(st.insts), st.inst, st.ts
-        return new
-
-    def mask_one(self, st: _State) -> torch.Tensor:
-        """Bool (V,): True = allowed next."""
+    def mask_one(self, st: GrammarState) -> torch.Tensor:
+        """Bool (V,): True = allowed next (``st.value_error`` over the whole dictionary at once)."""
         m = self._follows[st.prev].clone()
-        onset_max = None if (self.cfg is None or self.cfg.ignore_ts) else bar_length(st.ts, self.P)
-        bad_onset = self.val.le(st.last_onset)
-        if onset_max is not None:
-            bad_onset |= self.val.ge(onset_max)
+        low, high = st.onset_range()
+        bad_onset = self.val.lt(low)
+        if high is not None:
+            bad_onset |= self.val.ge(high)
         m &= ~(self._is["o"] & bad_onset)
         if st.insts:
             m &= ~(self._is["i"] & torch.isin(self.val, torch.tensor(sorted(st.insts))))
-        if st.inst is not None:
-            wrong_kind = self._drum_pitch if st.inst != DRUM_INSTRUMENT else self._is["p"] & ~self._drum_pitch
-            m &= ~wrong_kind
+        drums = st.drum_pitches_next()
+        if drums is not None:
+            m &= ~(self._is["p"] & (self._drum_pitch if not drums else ~self._drum_pitch))
         if st.prev == "b":
             m[self.eos] = True
         return m
@@ -102,18 +84,8 @@ class GrammarMask:
         for st, idx in zip(self.states, ids):
             self.advance(st, int(idx))
 
-    def advance(self, st: _State, idx: int) -> None:
+    def advance(self, st: GrammarState, idx: int) -> None:
         parsed = self._parsed[idx] if 0 <= idx < len(self._parsed) else None
         if parsed is None:
             return  # special or unknown id: count_errors counts it and keeps the previous family
-        fam, val = parsed
-        if fam == "b":
-            st.last_onset, st.insts = -1, set()
-        elif fam == "s":
-            st.ts = id_to_ts(val) if val < 254 else st.ts
-        elif fam == "o":
-            st.last_onset, st.insts = val, set()
-        elif fam == "i":
-            st.insts.add(val)
-            st.inst = val
-        st.prev = fam
+        st.advance(*parsed)

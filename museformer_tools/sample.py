@@ -24,11 +24,12 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 import torch
 
 from .checkpoint import CheckpointError, load_model, read_checkpoint, tokenizer_config_from_checkpoint
+from .controls import ControlError
 from .controls import add_arguments as add_control_arguments
 from .device import DTYPES, add_device_arguments, resolve_device
 from .sampling import build_token_mask, piece_generator, sample_batch
@@ -74,9 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data directory with the training dict.txt (and tokenizer.json) from museformer-prep "
                    "(default: the dictionary and tokenizer config saved in the checkpoint; needed only for "
                    "checkpoints written before checkpoints kept them)")
-    p.add_argument("--out", required=True, help="output folder for sample_NNN.mid / sample_NNN.txt")
+    p.add_argument("--out", required=True, help="output folder for sample_NNN.mid / sample_NNN.txt (required)")
     p.add_argument("--num-samples", type=int, default=1, help="number of pieces to generate (default: 1)")
-    p.add_argument("--prompt-midi", help="continue this MIDI file (encoded with the data dir's tokenizer.json)")
+    p.add_argument("--prompt-midi", help="continue this MIDI file (encoded with the tokenizer config of --data or the "
+                   "checkpoint) (default: no prompt)")
     p.add_argument("--prompt-bars", type=int, default=4,
                    help="with --prompt-midi: how many of its first bars form the prompt (default: 4)")
     p.add_argument("--max-bars", type=int, default=None,
@@ -109,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                        f"here {default_threads()})")
     p.add_argument("--analyze", action="store_true",
                    help="also write each sample's piano roll as sample_NNN.png beside its MIDI "
-                   "(as `museformer-analyze pianoroll`; needs matplotlib)")
+                   "(as `museformer-analyze pianoroll`; needs matplotlib) (default: off)")
     p.add_argument("--report", metavar="DIR",
                    help="also write DIR/index.html for this run's pieces: piano rolls, similarity heatmaps, audio, "
                    "bars, grammar errors, L_t (as `museformer-analyze report`; needs matplotlib, and FluidSynth "
@@ -300,11 +302,11 @@ def _run(args, state: dict, tok_cfg) -> int:
     written, tokens_total, grammar_errors, skips = 0, 0, 0, Counter()
     midi_paths: List[str] = []
     start = time.perf_counter()
-    with tqdm(total=new_total, desc=f"sampling into {out_dir}", unit="tok", disable=None) as bar:
+    with tqdm(total=new_total, desc=f"sampling into {out_dir}", unit="tok", disable=None) as progress:
         for first in range(0, args.num_samples, args.batch_size):
             n = min(args.batch_size, args.num_samples - first)
             generators = [piece_generator(args.seed, first + k) for k in range(n)]
-            pieces = sample_batch(model, task, prompt, generators, args, token_mask, bar)
+            pieces = sample_batch(model, task, prompt, generators, args, token_mask, progress)
             for k, ids in enumerate(pieces):
                 tokens = [d[i] for i in ids]
                 name = out_dir / f"sample_{first + k:03d}"
@@ -368,7 +370,7 @@ def main(argv=None) -> int:
 
     try:
         return run(args)
-    except (SampleError, CheckpointError, MuseformerInputError) as err:
+    except (SampleError, CheckpointError, ControlError, MuseformerInputError) as err:
         print(f"museformer-sample: error: {err}", file=sys.stderr)
         return 2
 

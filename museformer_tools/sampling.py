@@ -7,6 +7,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from .controls import ControlError
+
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: Optional[float]) -> torch.Tensor:
     """logits (B, V) with everything outside the top-k / top-p set at -inf."""
@@ -53,7 +55,7 @@ def sample_batch(model, task, prompt: List[int], generators: Sequence[torch.Gene
     """
     dec = model.decoder
     d = task.dictionary
-    eos, bar = d.eos(), dec.bar_token
+    eos, bar_id = d.eos(), dec.bar_token
     device = next(model.parameters()).device
     B = len(generators)
     bar_limit = args.bars if args.bars is not None else args.max_bars
@@ -64,7 +66,7 @@ def sample_batch(model, task, prompt: List[int], generators: Sequence[torch.Gene
     buf[:, 1 : 1 + len(prompt)] = torch.tensor(prompt, dtype=torch.long, device=device)
     length = 1 + len(prompt)  # columns filled: BOS + prompt + sampled tokens
     pieces = [list(prompt) for _ in range(B)]
-    bars = [prompt.count(bar)] * B
+    bars = [prompt.count(bar_id)] * B
     alive = list(range(B))  # piece index of each row
     state: dict = {}
     if token_mask is not None:
@@ -88,7 +90,9 @@ def sample_batch(model, task, prompt: List[int], generators: Sequence[torch.Gene
                 # the plain grammar mask never leaves a row empty with a REMIGEN dictionary; if it ever did, that row
                 # falls back to no mask rather than failing
                 allowed[~allowed.any(-1)] = True
-            assert bool(allowed.any(-1).all()), "the controls left a piece with no allowed next token"
+            if not bool(allowed.any(-1).all()):
+                raise ControlError("the controls left a piece with no allowed next token; loosen them (fewer "
+                                   "--bars, a larger --max-length, or drop --time-signature / --tempo)")
             logits = logits.masked_fill(~allowed, float("-inf"))
         probs = torch.softmax(filter_logits(logits / args.temperature, args.top_k, args.top_p), dim=-1).cpu()
         # one draw per piece from its own generator (CPU): a piece is the same in any batch
@@ -100,7 +104,7 @@ def sample_batch(model, task, prompt: List[int], generators: Sequence[torch.Gene
             if tok == eos:
                 continue
             pieces[i].append(tok)
-            bars[i] += tok == bar
+            bars[i] += tok == bar_id
             done = len(pieces[i]) >= args.max_length or (bar_limit is not None and bars[i] >= bar_limit)
             if not done:
                 keep.append(row)

@@ -3,7 +3,7 @@
 #
 # torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT for every process it starts; this
 # wrapper turns them into fairseq flags and runs fairseq-train in this process (--distributed-no-spawn), because
-# fairseq's own spawn path counts CUDA devices and cannot start CPU workers (see stack.md).
+# fairseq's own spawn path counts CUDA devices and cannot start CPU workers.
 #
 # Variables (exported by train.sh):
 #   DEVICE=cpu               cpu -> gloo backend; cuda -> nccl backend on GPU LOCAL_RANK

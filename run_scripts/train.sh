@@ -141,7 +141,7 @@ case "$PRECISION" in
   *) echo "train.sh: PRECISION must be fp32, fp16, bf16 or auto; got '$PRECISION'" >&2; exit 2 ;;
 esac
 if [[ "$DEVICE" == "cpu" ]]; then
-  # DDP refuses device_ids on CPU; fairseq's legacy_ddp all-reduces gradients itself (see docs, stack.md).
+  # DDP refuses device_ids on CPU; fairseq's legacy_ddp all-reduces gradients itself.
   args+=(--cpu --ddp-backend legacy_ddp)
 fi
 

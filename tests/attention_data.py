@@ -3,9 +3,14 @@ import random
 
 import torch
 
-from museformer_plugin.bar_layout import BarLayout
+from museformer_plugin.bar_layout import BarLayout, compute_bar_ids
 
 BOS, PAD, BAR, NOTE = 2, 1, 5, 7
+
+
+def layout_from_tokens(src_tokens, bar_token, pad):
+    """The BarLayout of ``src_tokens`` (B, T) = [BOS] + music tokens (+ right padding with ``pad``)."""
+    return BarLayout(*compute_bar_ids(src_tokens, bar_token, pad))
 
 
 def make_song(rng, num_bars, max_bar_len, complete=True):
@@ -21,7 +26,7 @@ def make_song(rng, num_bars, max_bar_len, complete=True):
 def make_layout(songs):
     T = max(len(s) for s in songs)
     src = torch.tensor([s + [PAD] * (T - len(s)) for s in songs])
-    return BarLayout.from_tokens(src, BAR, PAD)
+    return layout_from_tokens(src, BAR, PAD)
 
 
 def random_batch(seed, max_bars=60, max_bar_len=9, batch=3):

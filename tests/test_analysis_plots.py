@@ -12,7 +12,8 @@ from midi_factory import make_song
 from needs import require_programs
 from museformer_analysis import audio
 from museformer_analysis.cli import main
-from museformer_analysis.plots import CURVES_SIZE, DPI, HEATMAP_SIZE, PIANOROLL_SIZE, png_size
+from measure import png_size
+from museformer_analysis.plots import CURVES_SIZE, DPI, HEATMAP_SIZE, PIANOROLL_SIZE
 
 pytest.importorskip("matplotlib")
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from museformer_plugin.attention import sparse as attention_sparse
+from museformer_plugin.attention import sparse_plan
 from museformer_plugin.attention import FineCoarseAttention
 from museformer_plugin.attention.dense import attend_regular as attend_regular_dense
 from museformer_plugin.attention.dense import attend_summaries as attend_summaries_dense
@@ -184,17 +185,17 @@ def test_mutation_corrupted_mask_is_detected(monkeypatch):
     scheme = BarScheme.from_args("museformer")
     t = qkv(layout, seed=5)
     ref = run_both_steps(t, layout, scheme, "dense")
-    real_plan = attention_sparse._plan_bar_blocks
+    real_plan = sparse_plan._plan_bar_blocks
 
     def corrupted_plan(*args, **kwargs):
         plan = real_plan(*args, **kwargs)
         thr = plan.b_thr.clone()
-        blk, col = (thr == attention_sparse.ALWAYS).nonzero()[len(thr) // 2]  # one key a whole block sees
-        thr[blk, col] = attention_sparse.NEVER
+        blk, col = (thr == sparse_plan.ALWAYS).nonzero()[len(thr) // 2]  # one key a whole block sees
+        thr[blk, col] = sparse_plan.NEVER
         plan.b_thr = thr
         return plan
 
-    monkeypatch.setattr(attention_sparse, "_plan_bar_blocks", corrupted_plan)
+    monkeypatch.setattr(sparse_plan, "_plan_bar_blocks", corrupted_plan)
     with pytest.raises(AssertionError):
         assert_same(ref, run_both_steps(t, layout, scheme, "sparse", 16))
 

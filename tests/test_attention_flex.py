@@ -11,7 +11,8 @@ import random
 import pytest
 import torch
 
-from attention_data import BAR, BOS, NOTE, make_layout, make_song, qkv, random_batch
+from attention_data import BAR, BOS, NOTE, layout_from_tokens, make_layout, make_song, qkv, random_batch
+from measure import block_mask_nbytes
 from museformer_plugin.attention import FineCoarseAttention, get_backend, resolve_impl
 from museformer_plugin.attention import dense, flex
 from museformer_plugin.bar_layout import BarLayout, BarScheme, dense_masks
@@ -139,12 +140,12 @@ def test_block_mask_memory_is_tiny_at_16k():
     while len(toks) < 16384:
         toks += [NOTE] * rng.randint(100, 160) + [BAR]
     toks = toks[:16384]
-    layout = BarLayout.from_tokens(torch.tensor([toks]), BAR, 1)
+    layout = layout_from_tokens(torch.tensor([toks]), BAR, 1)
     scheme = BarScheme.from_args("museformer")
     S = layout.num_summary_slots
     reg = flex.regular_block_mask(layout, scheme, S)
     summ = flex.summary_block_mask(layout, S)
-    nbytes = flex.block_mask_nbytes(reg) + flex.block_mask_nbytes(summ)
+    nbytes = block_mask_nbytes(reg) + block_mask_nbytes(summ)
     T = len(toks)
     nq, nk = T // flex.BLOCK, (T + flex._round_up(S, flex.BLOCK)) // flex.BLOCK
     assert nbytes <= 8 * 4 * nq * nk + 4096  # block counts and int32 indices, both directions, nothing per element

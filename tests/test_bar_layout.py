@@ -10,7 +10,6 @@ from museformer_plugin.bar_layout import (  # noqa: E402
     MUSEFORMER_COARSE,
     MUSEFORMER_FINE,
     PAD_BAR,
-    BarLayout,
     BarScheme,
     bar_spans,
     build_beat_lut,
@@ -20,13 +19,14 @@ from museformer_plugin.bar_layout import (  # noqa: E402
     next_beat_id,
     parse_range_command,
 )
+from attention_data import layout_from_tokens  # noqa: E402
 
 BOS, PAD, BAR, NOTE = 2, 1, 5, 7
 
 
 def layout_of(songs):
     T = max(len(s) for s in songs)
-    return BarLayout.from_tokens(torch.tensor([s + [PAD] * (T - len(s)) for s in songs]), BAR, PAD)
+    return layout_from_tokens(torch.tensor([s + [PAD] * (T - len(s)) for s in songs]), BAR, PAD)
 
 
 def grid(text):
@@ -179,29 +179,8 @@ def test_bar_ids_with_padding():
 
 
 def test_bar_token_as_bos_does_not_close_a_bar():
-    layout = BarLayout.from_tokens(torch.tensor([[BAR, NOTE, BAR]]), BAR, PAD)
+    layout = layout_from_tokens(torch.tensor([[BAR, NOTE, BAR]]), BAR, PAD)
     assert layout.bar_ids.tolist() == [[0, 1, 1]] and layout.num_complete_bars.tolist() == [1]
-
-
-def test_append_token_by_token_equals_from_tokens():
-    songs = [[BOS, NOTE, BAR, BAR, NOTE, NOTE, BAR, NOTE], [BOS, BAR, NOTE, NOTE, BAR, BAR, BAR, NOTE]]
-    full = layout_of(songs)
-    tokens = torch.tensor(songs)
-    layout = BarLayout.from_tokens(tokens[:, :1], BAR, PAD)
-    for t in range(1, tokens.size(1)):
-        layout = layout.append(tokens[:, t - 1].eq(BAR) & (t - 1 > 0), new_is_bar_end=tokens[:, t].eq(BAR))
-        prefix = BarLayout.from_tokens(tokens[:, : t + 1], BAR, PAD)
-        assert torch.equal(layout.bar_ids, prefix.bar_ids), f"after {t + 1} tokens"
-        assert torch.equal(layout.num_complete_bars, prefix.num_complete_bars), f"after {t + 1} tokens"
-    assert torch.equal(layout.bar_ids, full.bar_ids)
-    assert torch.equal(layout.num_complete_bars, full.num_complete_bars)
-
-
-def test_append_padding():
-    layout = layout_of([[BOS, NOTE, BAR], [BOS, NOTE, NOTE]])
-    out = layout.append(torch.tensor([True, False]), new_is_pad=torch.tensor([False, True]))
-    assert out.bar_ids[:, -1].tolist() == [2, PAD_BAR]
-    assert torch.equal(out.num_complete_bars, layout.num_complete_bars)  # unchanged without new_is_bar_end
 
 
 def test_beat_ids():
@@ -225,7 +204,7 @@ def test_one_token_rules_equal_the_sequence_rules():
     gen = torch.Generator().manual_seed(0)
     for _ in range(20):
         tokens = torch.cat([torch.tensor([2]), torch.randint(4, len(symbols), (60,), generator=gen)])[None]
-        bars = BarLayout.from_tokens(tokens, 4, 1).bar_ids[0].tolist()
+        bars = layout_from_tokens(tokens, 4, 1).bar_ids[0].tolist()
         beats = compute_beat_ids(tokens, lut)[0].tolist()
         last_bar, closed, onset = 0, False, 2  # nothing seen: the BOS is no onset
         for pos, tok in enumerate(tokens[0].tolist()):

@@ -19,7 +19,8 @@ require_fairseq()
 
 from lm_data import dict_symbols, make_data_bin, make_model, make_task, write_dict
 from museformer_plugin.attention import dense, sparse, window  # noqa: E402
-from museformer_plugin.bar_layout import BarLayout, BarScheme  # noqa: E402
+from attention_data import layout_from_tokens  # noqa: E402
+from museformer_plugin.bar_layout import BarScheme  # noqa: E402
 from museformer_plugin.fairseq_compat import fix_half_precision_args  # noqa: E402
 from museformer_plugin.incremental import forward_incremental  # noqa: E402
 
@@ -132,7 +133,7 @@ def test_cached_decoder_in_half_precision(task, dtype):
 def test_fp16_scores_cannot_overflow():
     """|q·k| = 102,400 > fp16's 65,504 for these heads, but (q/√D)·k = 12,800 fits: every backend scales q first."""
     songs = [[2] + [7] * 5 + [5] + [7] * 4 + [5] + [7] * 3]
-    layout = BarLayout.from_tokens(torch.tensor(songs), 5, 1)
+    layout = layout_from_tokens(torch.tensor(songs), 5, 1)
     scheme = BarScheme.from_args("museformer")
     B, T, S, H, D = 1, len(songs[0]), layout.num_summary_slots, 1, 64
     g = torch.Generator().manual_seed(0)

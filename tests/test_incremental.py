@@ -14,14 +14,14 @@ from needs import require_fairseq
 require_fairseq()
 
 from lm_data import dict_symbols, make_model, make_task, write_dict  # noqa: E402
-from museformer_plugin.incremental import META_KEY, NUM_COMPLETE, STATE_KEY, forward_incremental, reorder  # noqa: E402
+from museformer_plugin.incremental import SHARED_KEY, NUM_COMPLETE, STATE_KEY, forward_incremental, reorder  # noqa: E402
 
 # Float32 on CPU: the cached step sums the same terms in a different order than the full forward (other key order,
 # other matmul shapes), which moves logits by ~1e-6; a wrong mask, bar id or summary moves them by > 1e-2.
 ATOL = 1e-5
 
 
-# Tiny matmuls: extra OpenMP threads only add contention on a shared CI machine (docs/stack.md).
+# Tiny matmuls: extra OpenMP threads only add contention on a shared CI machine.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -77,7 +77,7 @@ def test_step_by_step_equals_full_forward(task, impl, scheme):
     err = (inc - ref).abs().amax(-1)  # (T,)
     assert err.max() < ATOL, f"{impl}/{scheme}: step {int(err.argmax())} differs by {float(err.max()):.2e}"
     # Every complete bar got exactly one cached summary.
-    assert int(model.decoder.get_incremental_state(state, STATE_KEY)["meta"][0, NUM_COMPLETE]) == num_bars
+    assert int(model.decoder.get_incremental_state(state, STATE_KEY)["bookkeeping"][0, NUM_COMPLETE]) == num_bars
 
 
 def test_cache_is_used(task):
@@ -99,7 +99,7 @@ def test_cache_is_used(task):
             assert torch.allclose(ok[0, -1], ref[t], atol=ATOL)
             cache = dec.get_incremental_state(state, STATE_KEY)
             cache.update({n: v.clone() for n, v in saved.items()})
-            dec.set_incremental_state(state, META_KEY, {"consumed": torch.tensor(t)})
+            dec.set_incremental_state(state, SHARED_KEY, {"consumed": torch.tensor(t)})
             cache[f"{name}0"].normal_()
             bad, _ = forward_incremental(dec, song[None, : t + 1], state)
         assert not torch.allclose(ok[0, -1], bad[0, -1], atol=1e-3), f"corrupting {name} must change the logits"
@@ -226,7 +226,7 @@ def test_lean_cache_stops_growing(task):
     """With the paper's scheme only the BOS, the last 32 bars and the summaries are kept: over 600 tokens of short
     bars (~150 bars) the stored positions stay within the last 33 bars and the store stops growing, while every
     logit still equals the full forward. ``full`` attention keeps every position."""
-    from museformer_plugin.incremental import stored_positions
+    from measure import stored_positions
 
     song = random_song(task, 600, seed=8)
     bar_end = song.eq(task.bar_token).nonzero().flatten().tolist()

@@ -29,7 +29,7 @@ TOK_CFG = TokenizerConfig(instruments="lmd6", ignore_ts=True)
 PLUGIN = str(REPO_ROOT / "museformer_plugin")
 
 
-# Tiny matmuls: extra OpenMP threads only add contention on a shared CI machine (docs/stack.md).
+# Tiny matmuls: extra OpenMP threads only add contention on a shared CI machine.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -186,7 +186,8 @@ def test_fairseq_interactive_smoke(setup):
 
 def test_analyze_writes_a_piano_roll_beside_each_midi(setup, tmp_path):
     pytest.importorskip("matplotlib")
-    from museformer_analysis.plots import DPI, PIANOROLL_SIZE, png_size
+    from measure import png_size
+    from museformer_analysis.plots import DPI, PIANOROLL_SIZE
 
     _, _, prompt_midi, _ = setup
     out = tmp_path / "rolls"

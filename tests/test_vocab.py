@@ -72,3 +72,11 @@ def test_fairseq_dictionary_loads_our_dict(tmp_path):
     assert len(d) == 4 + len(build_vocab(cfg))  # <s> <pad> </s> <unk> first
     assert d.index("b-1") == 4 and d.symbols[4:] == build_vocab(cfg)
     assert d.index("s-9") != d.unk()
+
+
+def test_read_dict_splits_lines_as_fairseq_does(tmp_path):
+    """One reader of dict.txt (binarize uses it too): the symbol is all but the last field, and fairseq's optional
+    ``#fairseq:overwrite`` flag is not part of it."""
+    path = tmp_path / "dict.txt"
+    path.write_text("b-1 5\no-0 1 #fairseq:overwrite\n\np-60 7\n", encoding="utf-8")
+    assert read_dict(path) == ["b-1", "o-0", "p-60"]

@@ -25,6 +25,11 @@ IMPLS = ("auto",) + BACKENDS
 _logged = set()
 
 
+# The one refusal of FlexAttention with attention dropout (here for --attention-impl flex, in flex.py for a call).
+FLEX_HAS_NO_DROPOUT = ("--attention-impl flex has no attention dropout, but this model trains with "
+                       "--attention-dropout > 0; pass --attention-dropout 0, or use --attention-impl auto/sparse")
+
+
 def get_backend(name: str) -> ModuleType:
     """The backend module ``name`` (imported on first use: flex needs a torch with FlexAttention)."""
     if name not in BACKENDS:
@@ -52,8 +57,7 @@ def resolve_impl(impl: str, device_type: str, dropout_active: bool) -> str:
             logger.info(f"FC-Attention --attention-impl auto -> {name} ({why})")
         return name
     if impl == "flex" and dropout_active:
-        raise ValueError("--attention-impl flex has no attention dropout, but this model trains with "
-                         "--attention-dropout > 0; pass --attention-dropout 0, or use --attention-impl auto/sparse")
+        raise ValueError(FLEX_HAS_NO_DROPOUT)
     if impl not in BACKENDS:
         raise ValueError(f"unknown attention impl {impl!r}; choose one of {', '.join(IMPLS)}")
     return impl

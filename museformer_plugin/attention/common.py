@@ -26,3 +26,9 @@ def head_scale(q: torch.Tensor) -> float:
 def scaled_scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
     """(q·scale)·kᵀ in softmax precision: q (..., Q, D), k (..., K, D) → fp32 (or fp64) scores (..., Q, K)."""
     return softmax_dtype(torch.matmul(q * scale, k.transpose(-1, -2)))
+
+
+def no_summaries(q_sum: torch.Tensor, k_sum: torch.Tensor, v_sum: torch.Tensor) -> torch.Tensor:
+    """z (B, H, 0, D) of a batch without a complete bar (S = 0), kept attached to the inputs for autograd: what
+    every backend's ``attend_summaries`` returns then."""
+    return q_sum * 0 + k_sum * 0 + v_sum * 0

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from ..bar_layout import PAD_BAR, BarLayout, BarScheme
-from .common import head_scale
+from .backends import FLEX_HAS_NO_DROPOUT
+from .common import head_scale, no_summaries
 
 HAS_DROPOUT = False
 BLOCK = 128  # FlexAttention's default sparse block (query and key), a multiple of its CUDA kernels' tiles
@@ -99,24 +100,6 @@ def _ordered(listed: torch.Tensor):
     return num[:, None].contiguous(), idx[:, None].contiguous()
 
 
-def block_mask_nbytes(block_mask) -> int:
-    """Bytes of every tensor a BlockMask holds (block counts and indices, both directions)."""
-    total = 0
-    for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices", "q_num_blocks",
-                 "q_indices", "full_q_num_blocks", "full_q_indices"):
-        t = getattr(block_mask, name, None)
-        if isinstance(t, torch.Tensor):
-            total += t.numel() * t.element_size()
-    return total
-
-
-def _cached(layout: BarLayout, key, build):
-    value = layout.cache.get(key)
-    if value is None:
-        value = layout.cache[key] = build()
-    return value
-
-
 @dataclass
 class _Tables:
     """Per-batch tables over the padded axes: what the element masks read and the block ranges."""
@@ -135,7 +118,7 @@ class _Tables:
 
 
 def _tables(layout: BarLayout, S: int) -> _Tables:
-    return _cached(layout, ("flex-tables", S), lambda: _build_tables(layout, S))
+    return layout.cached(("flex-tables", S), lambda: _build_tables(layout, S))
 
 
 def _build_tables(layout: BarLayout, S: int) -> _Tables:
@@ -160,12 +143,12 @@ def _build_tables(layout: BarLayout, S: int) -> _Tables:
 
 def summary_block_mask(layout: BarLayout, S: int):
     """BlockMask (B, 1, Sp, Sp + Tp) of the summarisation; cached on ``layout``."""
-    return _cached(layout, ("flex-summaries", S), lambda: _build_summary_mask(layout, S))
+    return layout.cached(("flex-summaries", S), lambda: _build_summary_mask(layout, S))
 
 
 def regular_block_mask(layout: BarLayout, scheme: BarScheme, S: int):
     """BlockMask (B, 1, Tp, Sp + Tp) of the aggregation; cached on ``layout``, shared by every layer."""
-    return _cached(layout, ("flex-regular", scheme, S), lambda: _build_regular_mask(layout, scheme, S))
+    return layout.cached(("flex-regular", scheme, S), lambda: _build_regular_mask(layout, scheme, S))
 
 
 def _build_summary_mask(layout: BarLayout, S: int):
@@ -266,8 +249,7 @@ def _attend(q, k_sum, v_sum, k_reg, v_reg, block_mask, tables: _Tables, q_axis: 
 
 def _check(dropout_p: float, training: bool):
     if training and dropout_p > 0:
-        raise ValueError("the flex backend has no attention dropout; use --attention-dropout 0 or --attention-impl "
-                         "sparse/auto")
+        raise ValueError(FLEX_HAS_NO_DROPOUT)
 
 
 def attend_summaries(q_sum, k_sum, v_sum, k_reg, v_reg, layout: BarLayout, dropout_p=0.0, training=False, **_):
@@ -277,8 +259,8 @@ def attend_summaries(q_sum, k_sum, v_sum, k_reg, v_reg, layout: BarLayout, dropo
     """
     _check(dropout_p, training)
     S = q_sum.size(2)
-    if S == 0:  # no complete bar in the batch; keep the (empty) result attached to the inputs for autograd
-        return q_sum * 0 + k_sum * 0 + v_sum * 0
+    if S == 0:
+        return no_summaries(q_sum, k_sum, v_sum)
     return _attend(q_sum, k_sum, v_sum, k_reg, v_reg, summary_block_mask(layout, S), _tables(layout, S), "Sp")
 
 
