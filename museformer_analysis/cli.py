@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "demo_out/analysis/train_stats.json \\\n      --ppl demo_out/ppl.json --out "
                               "demo_out/report")
     p.add_argument("inputs", nargs="+", metavar="DIR_OR_FILE", help="the generated MIDI / token files, or folders")
-    p.add_argument("--out", required=True, metavar="DIR", help="report folder; DIR/index.html is the page")
+    p.add_argument("--out", required=True, metavar="DIR", help="report folder; DIR/index.html is the page (required)")
     p.add_argument("--reference", metavar="CORPUS",
                    help="reference corpus: a folder of MIDI / token files or a `stats --json` output computed with "
                         "the same flags (default: none, so no SE and no reference columns)")
