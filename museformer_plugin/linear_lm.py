@@ -24,7 +24,7 @@ from omegaconf import II
 from torch import nn
 
 from .bar_layout import bar_index, build_beat_lut, compute_bar_ids, compute_beat_ids
-from .model import BarBeatInput
+from .model import TINY_SIZES, BarBeatInput, fill_sizes
 
 
 @dataclass
@@ -212,15 +212,10 @@ class MuseformerLinearLM(FairseqLanguageModel):
 
 
 # register_model already made the arch "museformer_linear_lm" (= the dataclass defaults, the paper's size).
-# Arch functions only fill in sizes the user did not give on the command line.
-def _default(cfg, name: str, value) -> None:
-    if getattr(cfg, name, None) is None:
-        setattr(cfg, name, value)
+# Arch functions only fill in sizes the user did not give on the command line (model.fill_sizes).
 
 
 @register_model_architecture("museformer_linear_lm", "museformer_linear_lm_tiny")
 def museformer_linear_lm_tiny(cfg):
     """Same sizes as museformer_lm_tiny: 2 layers, 64 hidden, 4 heads, FFN 128."""
-    for name, value in (("decoder_layers", 2), ("decoder_embed_dim", 64), ("decoder_ffn_embed_dim", 128),
-                        ("decoder_attention_heads", 4)):
-        _default(cfg, name, value)
+    fill_sizes(cfg, TINY_SIZES)

@@ -310,22 +310,25 @@ class MuseformerLanguageModel(FairseqLanguageModel):
 
 # Named sizes. register_model already made the arch "museformer_lm" (= the dataclass defaults, the paper's model).
 # Arch functions only fill in sizes the user did not give on the command line.
-def _default(cfg, name: str, value) -> None:
-    if getattr(cfg, name, None) is None:
-        setattr(cfg, name, value)
+TINY_SIZES = (("decoder_layers", 2), ("decoder_embed_dim", 64), ("decoder_ffn_embed_dim", 128),
+              ("decoder_attention_heads", 4))  # smoke tests and CPU demos (museformer_lm_tiny, museformer_linear_lm_tiny)
+
+
+def fill_sizes(cfg, sizes) -> None:
+    """Set each (name, value) of ``sizes`` on ``cfg`` where the user gave none (an arch never overrides a flag)."""
+    for name, value in sizes:
+        if getattr(cfg, name, None) is None:
+            setattr(cfg, name, value)
 
 
 @register_model_architecture("museformer_lm", "museformer_lm_base")
 def museformer_lm_base(cfg):
     """The paper's size (spec §4.1), same as --arch museformer_lm."""
-    for name, value in (("decoder_layers", 4), ("decoder_embed_dim", 512), ("decoder_ffn_embed_dim", 2048),
-                        ("decoder_attention_heads", 8)):
-        _default(cfg, name, value)
+    fill_sizes(cfg, (("decoder_layers", 4), ("decoder_embed_dim", 512), ("decoder_ffn_embed_dim", 2048),
+                     ("decoder_attention_heads", 8)))
 
 
 @register_model_architecture("museformer_lm", "museformer_lm_tiny")
 def museformer_lm_tiny(cfg):
     """For smoke tests and CPU demos: 2 layers, 64 hidden, 4 heads, FFN 128."""
-    for name, value in (("decoder_layers", 2), ("decoder_embed_dim", 64), ("decoder_ffn_embed_dim", 128),
-                        ("decoder_attention_heads", 4)):
-        _default(cfg, name, value)
+    fill_sizes(cfg, TINY_SIZES)
