@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from tqdm import tqdm
 
@@ -79,45 +79,63 @@ def _input_stamp(path: Path) -> dict:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
+def _entry(rel: str, in_dir: Path, reader: str) -> dict:
+    """The manifest fields every entry has: input, output, input stamp (None when it cannot be read), reader."""
+    try:
+        stamp = _input_stamp(in_dir / rel)
+    except OSError:
+        stamp = {"size": None, "mtime_ns": None}
+    return {"path": rel, "output": rel + TOKEN_SUFFIX, **stamp, "reader": reader}
+
+
+def _failed(entry: dict, out_dir: Path, reason: str, detail: str) -> dict:
+    """``entry`` as a failure; the input's token file from an earlier run is removed, so no stale file is left
+    next to a failure."""
+    (out_dir / entry["output"]).unlink(missing_ok=True)
+    return {**entry, "status": "failed", "tokens": 0, "reason": reason, "detail": detail}
+
+
+def _unexpected(err: BaseException) -> Tuple[str, str]:
+    """(reason, detail) of an exception that is not a MidiEncodeError: a bug, counted and shown, never fatal."""
+    return f"unexpected_{type(err).__name__}", f"{type(err).__name__}: {err}"
+
+
 def _encode_one(rel: str) -> dict:
     """Encode one MIDI file and write its token file (temporary name + rename). Returns its manifest entry."""
     from .errors import MidiEncodeError
     from .midi_to_tokens import encode_midi
 
     state = _WORKER_STATE
-    src = state["in_dir"] / rel
     out_path = state["out_dir"] / (rel + TOKEN_SUFFIX)
-    entry = {"path": rel, "output": rel + TOKEN_SUFFIX, **_input_stamp(src), "reader": state["reader"]}
+    entry = _entry(rel, state["in_dir"], state["reader"])
     try:
-        tokens = encode_midi(src, state["cfg"], reader=state["reader"])
+        tokens = encode_midi(state["in_dir"] / rel, state["cfg"], reader=state["reader"])
         if not tokens:
             raise MidiEncodeError("no_tokens", f"{rel} encodes to no tokens")
     except MidiEncodeError as err:
-        reason, detail = err.reason, str(err)
-    except Exception as err:  # a reader or tokenizer bug must not stop the other files; it is counted and shown
-        reason, detail = f"unexpected_{type(err).__name__}", f"{type(err).__name__}: {err}"
+        return _failed(entry, state["out_dir"], err.reason, str(err))
+    except Exception as err:  # a reader or tokenizer bug must not stop the other files
+        return _failed(entry, state["out_dir"], *_unexpected(err))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f"{out_path.name}.tmp-{os.getpid()}")
+    tmp.write_text(" ".join(tokens) + "\n", encoding="utf-8")
+    os.replace(tmp, out_path)  # the token file appears whole or not at all
+    return {**entry, "status": "encoded", "tokens": len(tokens)}
+
+
+def _worker_gave_no_result(rel: str, error, in_dir: Path, out_dir: Path, reader: str, file_timeout) -> dict:
+    """The entry of an input whose worker returned nothing (``timeout_pool``'s error: timeout, crash, or an
+    exception the worker could not catch); the killed worker's temporary file goes too."""
+    if error == TIMEOUT:
+        reason, detail = "timeout", f"{rel} took longer than --file-timeout {file_timeout:g} s"
+    elif error == CRASHED:
+        reason, detail = "worker_crashed", f"the worker process died while encoding {rel}"
     else:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_path.with_name(f"{out_path.name}.tmp-{os.getpid()}")
-        tmp.write_text(" ".join(tokens) + "\n", encoding="utf-8")
-        os.replace(tmp, out_path)  # the token file appears whole or not at all
-        return {**entry, "status": "encoded", "tokens": len(tokens)}
-    out_path.unlink(missing_ok=True)  # never leave a stale token file from an earlier run next to a failure
-    return {**entry, "status": "failed", "tokens": 0, "reason": reason, "detail": detail}
-
-
-def _failed_in_main(rel: str, in_dir: Path, out_dir: Path, reader: str, reason: str, detail: str) -> dict:
-    """The entry of an input whose worker gave no result (timeout, crash); its partial and stale outputs go."""
+        reason, detail = _unexpected(error)
     out_path = out_dir / (rel + TOKEN_SUFFIX)
-    out_path.unlink(missing_ok=True)
-    for leftover in out_path.parent.glob(f"{out_path.name}.tmp-*"):  # the killed worker's temporary file
+    for leftover in out_path.parent.glob(f"{out_path.name}.tmp-*"):
         leftover.unlink(missing_ok=True)
-    try:
-        stamp = _input_stamp(in_dir / rel)
-    except OSError:
-        stamp = {"size": None, "mtime_ns": None}
-    return {"path": rel, "output": rel + TOKEN_SUFFIX, **stamp, "reader": reader, "status": "failed", "tokens": 0,
-            "reason": reason, "detail": detail}
+    return _failed(_entry(rel, in_dir, reader), out_dir, reason, detail)
 
 
 # ------------------------------------------------------------------------------------------------------ the run
@@ -185,19 +203,12 @@ def run_encode(in_dir: Path, out_dir: Path, cfg, workers: int, reader: str = DEF
         with bar:
             results = imap_bounded(_encode_one, todo, workers, timeout, _init_worker, (in_dir, out_dir, cfg, reader))
             for rel, entry, error in results:
-                if error == TIMEOUT:
-                    entry = _failed_in_main(rel, in_dir, out_dir, reader, "timeout",
-                                            f"{rel} took longer than --file-timeout {file_timeout:g} s")
-                elif error == CRASHED:
-                    entry = _failed_in_main(rel, in_dir, out_dir, reader, "worker_crashed",
-                                            f"the worker process died while encoding {rel}")
-                elif error is not None:
-                    entry = _failed_in_main(rel, in_dir, out_dir, reader, f"unexpected_{type(error).__name__}",
-                                            f"{type(error).__name__}: {error}")
+                if error is not None:
+                    entry = _worker_gave_no_result(rel, error, in_dir, out_dir, reader, file_timeout)
                 journal.add(entry)
                 bar.update(1)
     seconds = time.perf_counter() - start
-    _, journaled = encode_manifest.read_previous(out_dir)  # the previous manifest + everything journaled above
+    _, journaled = encode_manifest.read_journal(out_dir)  # the kept entries and everything added above
     current = [journaled[rel] for rel in files if rel in journaled]
     header = {"tokenizer": settings, "reader": reader, "input_dir": str(in_dir)}
     manifest = encode_manifest.fold(out_dir, header, current)

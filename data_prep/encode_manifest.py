@@ -44,6 +44,15 @@ def read_previous(out_dir: Path) -> Tuple[Optional[dict], Dict[str, dict]]:
         data = json.loads(manifest.read_text(encoding="utf-8"))
         settings = data.get("tokenizer")
         entries.update((e["path"], e) for e in data.get("files", []))
+    journal_settings, journaled = read_journal(out_dir)
+    entries.update(journaled)
+    return journal_settings or settings, entries
+
+
+def read_journal(out_dir: Path) -> Tuple[Optional[dict], Dict[str, dict]]:
+    """(tokenizer settings, {input path: entry}) of ``out_dir``'s journal alone (later lines win); (None, {})
+    without one. A run's journal starts with every entry it kept, so at its end the journal describes the folder."""
+    settings, entries = None, {}
     journal = out_dir / JOURNAL_NAME
     if journal.is_file():
         with open(journal, encoding="utf-8") as f:
