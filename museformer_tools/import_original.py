@@ -15,12 +15,10 @@ Exit status: 0 written, 2 bad input (one line naming the cause; nothing is writt
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -108,22 +106,16 @@ def read_dictionary(path: str, embedding_rows: int):
     return dictionary
 
 
-def dictionary_text(dictionary) -> str:
-    """The dict.txt text of ``dictionary`` as fairseq's ``Dictionary.save`` writes it (specials excluded)."""
-    buffer = io.StringIO()
-    dictionary.save(buffer)
-    return buffer.getvalue()
-
-
-def build_cfg(data_dir: str, translation, impl: str = "auto"):
-    """The fairseq config ``fairseq-train --task museformer_lm --arch museformer_lm`` would save for this model."""
+def build_cfg(translation, impl: str = "auto"):
+    """The fairseq config ``fairseq-train --task museformer_lm --arch museformer_lm`` would save for this model,
+    with no data directory (none belongs to an imported model; every tool is given its own)."""
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
     import museformer_plugin
 
     m = translation.model
-    argv = [data_dir, "--user-dir", os.path.dirname(museformer_plugin.__file__), "--task", "museformer_lm",
+    argv = ["DATA", "--user-dir", os.path.dirname(museformer_plugin.__file__), "--task", "museformer_lm",
             "--arch", "museformer_lm", "--criterion", "cross_entropy", "--optimizer", "adam",
             "--decoder-layers", str(m["decoder_layers"]), "--decoder-embed-dim", str(m["decoder_embed_dim"]),
             "--decoder-ffn-embed-dim", str(m["decoder_ffn_embed_dim"]),
@@ -139,7 +131,9 @@ def build_cfg(data_dir: str, translation, impl: str = "auto"):
     with warnings.catch_warnings():  # hydra's deprecation chatter about fairseq's own config files
         warnings.simplefilter("ignore")
         args = options.parse_args_and_arch(options.get_training_parser(), argv)
-        return convert_namespace_to_omegaconf(args)
+        cfg = convert_namespace_to_omegaconf(args)
+    cfg.task.data = None  # the parser wants the positional; the imported model has no data directory
+    return cfg
 
 
 def import_original(checkpoint: str, dict_path: str, out: str, tokenizer: Optional[str] = None,
@@ -151,28 +145,29 @@ def import_original(checkpoint: str, dict_path: str, out: str, tokenizer: Option
     if dtype not in DTYPES:
         raise ImportInputError(f"--dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
     import torch
-    from fairseq import tasks
     from omegaconf import OmegaConf
+
+    from museformer_plugin.task import MuseformerLMTask
 
     from .original_checkpoint import map_state_dict, original_options, read_original, translate_options
 
     state = read_original(checkpoint)
-    translation = translate_options(original_options(state, checkpoint), checkpoint)
+    options = original_options(state, checkpoint)
+    translation = translate_options(options, checkpoint)
     mapped = map_state_dict(state["model"], translation.model["decoder_layers"], checkpoint)
     dictionary = read_dictionary(dict_path, mapped["decoder.embed_tokens.weight"].size(0))
     tokenizer_cfg = read_tokenizer(tokenizer)
 
-    with tempfile.TemporaryDirectory() as tmp:  # the task reads dict.txt from a data directory
-        dictionary.save(os.path.join(tmp, "dict.txt"))
-        cfg = build_cfg(tmp, translation)
-        task = tasks.setup_task(cfg.task)
-        model = task.build_model(cfg.model)
+    cfg = build_cfg(translation)
+    # Built as load_model builds it (fairseq's setup_task wants a data directory); its state_dict() is the
+    # task_state every checkpoint of this project carries: the dictionary and the tokenizer settings.
+    task = MuseformerLMTask(cfg.task, dictionary, tokenizer_cfg)
+    model = task.build_model(cfg.model)
     try:
         model.load_state_dict({k: v.float() for k, v in mapped.items()}, strict=True)
     except RuntimeError as err:  # a shape that does not fit the translated sizes
         raise ImportInputError(f"{checkpoint}: the weights do not fit the translated model "
                                f"({str(err).splitlines()[-1].strip()})") from None
-    cfg.task.data = None  # no data directory belongs to an imported model; every tool is given its own
     weights = {name: tensor.to({"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype])
                for name, tensor in model.state_dict().items()}
     history = state.get("optimizer_history") or [{}]
@@ -184,10 +179,10 @@ def import_original(checkpoint: str, dict_path: str, out: str, tokenizer: Option
         "criterion": None,
         "optimizer_history": [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "none (imported)",
                                "lr_scheduler_state": {}, "num_updates": num_updates}],
-        "task_state": {"dictionary": dictionary_text(dictionary), "tokenizer": tokenizer_cfg},
+        "task_state": task.state_dict(),
         "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0, "shuffle": True},
                         "previous_training_time": 0.0},
-        "imported_from": {"path": os.path.abspath(checkpoint), "arch": str(original_options(state)["arch"]),
+        "imported_from": {"path": os.path.abspath(checkpoint), "arch": str(options["arch"]),
                           "num_updates": num_updates, "not_carried": translation.not_carried},
     }
     out_dir = os.path.dirname(os.path.abspath(out))
